@@ -1,0 +1,96 @@
+"""ADMM regularized optimization (Zhang et al., ECCV 2018; ADMM-NN, ASPLOS 2019).
+
+For each constrained layer with GEMM weight W:
+
+    W-step:  minimise  loss(W) + rho/2 * ||W - Z + U||^2   (one epoch of SGD/Adam)
+    Z-step:  Z = project(W + U)                           (stages.projections)
+    U-step:  U = U + W - Z
+    rho      multiplied by rho_multiplier every rho_every epochs
+
+Z0 is the projection of the pretrained weights and U0 = 0. After the last
+epoch W is hard-projected: the returned model satisfies the constraints.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from stages.data import DataSplits
+from stages.models import crossbar_layers, gemm
+from stages.projections import LayerRule, project
+from stages.train import EpochCallback, evaluate, make_optimizer, train_one_epoch
+
+
+def hard_project(model: nn.Module, rules: dict[str, LayerRule]) -> dict[str, torch.Tensor]:
+    """Project each ruled layer's weight in place (and zero pruned filters' biases); returns masks."""
+    layers = crossbar_layers(model)
+    masks = {}
+    with torch.no_grad():
+        for name, rule in rules.items():
+            module = layers[name]
+            z, mask = project(gemm(module.weight), rule)
+            module.weight.copy_(z.reshape(module.weight.shape))
+            if module.bias is not None:
+                module.bias.mul_(mask.any(dim=1).to(module.bias.dtype))
+            masks[name] = mask
+    return masks
+
+
+def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], *,
+               epochs: int, lr: float, optimizer: str, momentum: float, weight_decay: float,
+               batch_size: int, rho: float, rho_multiplier: float, rho_every: int, seed: int,
+               on_epoch_end: EpochCallback = None,
+               projected_metrics: Callable[[nn.Module, dict], dict] | None = None,
+               ) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
+    """Run ADMM from a trained model; returns (hard-projected model, masks, metrics).
+
+    on_epoch_end receives, each epoch, the validation accuracy of a hard-projected
+    copy (`val_accuracy`), the primal residual sum ||W - Z||^2, rho, and whatever
+    projected_metrics(projected_model, masks) adds (compression, crossbars).
+    """
+    model = copy.deepcopy(model)
+    layers = crossbar_layers(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        Z = {n: project(gemm(layers[n].weight), r)[0].clone() for n, r in rules.items()}
+        U = {n: torch.zeros_like(Z[n]) for n in rules}
+    state = {"rho": rho}
+
+    def penalty() -> torch.Tensor:
+        return state["rho"] / 2 * sum(
+            (gemm(layers[n].weight) - Z[n] + U[n]).pow(2).sum() for n in rules)
+
+    metrics = {}
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        if epoch % rho_every == 0:   # a new ADMM stage: learning rate reset (ADMM line's code)
+            if epoch > 0:
+                state["rho"] *= rho_multiplier
+            opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
+                                 weight_decay=weight_decay)
+        loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
+                               generator=generator, extra_loss=penalty)
+        with torch.no_grad():
+            residual = 0.0
+            for n, r in rules.items():
+                w = gemm(layers[n].weight)
+                Z[n] = project(w + U[n], r)[0]
+                U[n] += w - Z[n]
+                residual += (w - Z[n]).pow(2).sum().item()
+        projected = copy.deepcopy(model)
+        projected_masks = hard_project(projected, rules)
+        metrics = {"stage": "admm", "epoch": epoch, "loss": loss, "rho": state["rho"],
+                   "primal_residual": residual,
+                   "val_accuracy": evaluate(projected, data.x_val, data.y_val),
+                   "elapsed_s": time.perf_counter() - started}
+        if projected_metrics is not None:
+            metrics.update(projected_metrics(projected, projected_masks))
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    masks = hard_project(model, rules)
+    return model, masks, metrics

@@ -1,0 +1,86 @@
+"""Masked retraining on conductance levels.
+
+Masks are fixed: pruned weights (and pruned filters' biases) stay exactly zero.
+Each kept weight is seen by the forward pass on its level, alpha * round(w /
+alpha) clipped to the level range, with a straight-through gradient to the
+float weight underneath (masked retraining of the ADMM line; the STE of
+Bengio et al. 2013). At the end the float weights are snapped onto the levels,
+so every kept weight sits exactly on a conductance level.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from stages.data import DataSplits
+from stages.mapping import MappedNetwork, requantize
+from stages.models import crossbar_layers
+from stages.train import EpochCallback, evaluate, make_optimizer, train_one_epoch
+
+
+class OnLevels(nn.Module):
+    """Parametrization: weight -> alpha * clip(round(weight / alpha)) * mask, straight-through."""
+
+    def __init__(self, alpha: float, max_level: int, mask: torch.Tensor):
+        super().__init__()
+        self.alpha = alpha
+        self.max_level = max_level
+        self.register_buffer("mask", mask.to(torch.float32))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        kept = w * self.mask
+        q = torch.clamp(torch.round(kept / self.alpha), -self.max_level, self.max_level) * self.alpha
+        return kept + (q - kept).detach()
+
+
+def _attach(model: nn.Module, mapped: MappedNetwork) -> None:
+    layers = crossbar_layers(model)
+    max_level = 2 ** (mapped.weight_bits - 1) - 1
+    for name, layer in mapped.layers.items():
+        parametrize.register_parametrization(
+            layers[name], "weight",
+            OnLevels(layer.alpha, max_level, layer.mask.reshape(layer.weight_shape)))
+
+
+def _detach(model: nn.Module) -> None:
+    for module in crossbar_layers(model).values():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
+def retrain(template: nn.Module, mapped: MappedNetwork, data: DataSplits, *, epochs: int,
+            lr: float, optimizer: str, momentum: float, weight_decay: float, batch_size: int,
+            seed: int, on_epoch_end: EpochCallback = None) -> tuple[MappedNetwork, dict]:
+    """Retrain the mapped network with masks and levels fixed; returns the best-on-val mapping."""
+    model = mapped.load_into(template)
+    _attach(model, mapped)
+    layers = crossbar_layers(model)
+    bias_masks = {n: l.keep_out.to(torch.float32) for n, l in mapped.layers.items()
+                  if layers[n].bias is not None}
+
+    def zero_pruned_biases() -> None:
+        with torch.no_grad():
+            for n, m in bias_masks.items():
+                layers[n].bias.mul_(m)
+
+    opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    generator = torch.Generator().manual_seed(seed)
+    best_acc = evaluate(model, data.x_val, data.y_val)
+    best = copy.deepcopy(model)
+    for epoch in range(epochs):
+        loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
+                               generator=generator, after_step=zero_pruned_biases)
+        sched.step()
+        val_acc = evaluate(model, data.x_val, data.y_val)
+        if val_acc > best_acc:
+            best_acc, best = val_acc, copy.deepcopy(model)
+        if on_epoch_end is not None:
+            on_epoch_end({"stage": "retrain", "epoch": epoch, "loss": loss, "val_accuracy": val_acc})
+    _detach(best)
+    return requantize(best, mapped), {"val_accuracy": best_acc}

@@ -1,0 +1,95 @@
+"""Training and evaluation loops in torchvision's shape.
+
+Plain PyTorch: `train_one_epoch` and `evaluate` know nothing of Ray or of
+ADMM. Callers add a penalty with `extra_loss` and keep pruned weights at zero
+with `after_step`; stages report progress through `on_epoch_end(metrics)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from stages.data import DataSplits, batches
+from stages.errors import StageError
+
+EpochCallback = Optional[Callable[[dict], None]]
+
+
+def set_torch_threads() -> int:
+    """Use OMP_NUM_THREADS torch threads (set per Ray task from its CPUs); returns the count."""
+    n = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def make_optimizer(params, *, name: str, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise StageError(f"optimizer: got {name!r}; allowed: 'sgd', 'adam'")
+
+
+def train_one_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    optimizer: torch.optim.Optimizer, *, batch_size: int,
+                    generator: torch.Generator,
+                    extra_loss: Callable[[], torch.Tensor] | None = None,
+                    after_backward: Callable[[], None] | None = None,
+                    after_step: Callable[[], None] | None = None) -> float:
+    """One pass over (x, y) in shuffled mini-batches; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in batches(x, y, batch_size, generator):
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        total += loss.item() * len(xb)
+        count += len(xb)
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def pretrain(model: nn.Module, data: DataSplits, *, epochs: int, lr: float, optimizer: str,
+             momentum: float, weight_decay: float, batch_size: int, seed: int,
+             on_epoch_end: EpochCallback = None) -> tuple[dict, dict]:
+    """Train the dense model; returns (best-on-val state_dict, metrics)."""
+    model = copy.deepcopy(model)
+    opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    generator = torch.Generator().manual_seed(seed)
+    best_acc, best_state = -1.0, copy.deepcopy(model.state_dict())
+    for epoch in range(epochs):
+        loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
+                               generator=generator)
+        sched.step()
+        val_acc = evaluate(model, data.x_val, data.y_val)
+        if val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+        if on_epoch_end is not None:
+            on_epoch_end({"stage": "pretrain", "epoch": epoch, "loss": loss, "val_accuracy": val_acc})
+    return best_state, {"val_accuracy": best_acc}

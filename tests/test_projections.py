@@ -1,0 +1,95 @@
+"""Projections hit their sparsity and level sets exactly and are idempotent."""
+
+import pytest
+import torch
+
+from stages.errors import StageError
+from stages.projections import LayerRule, kept_count, project, prune_mask, quantize
+
+
+def gaussian(out=48, inp=40, seed=0):
+    return torch.randn(out, inp, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.875])
+def test_filter_projection_keeps_the_strongest_rows(ratio):
+    w = gaussian()
+    z, mask = project(w, LayerRule(filter=ratio))
+    kept_rows = z.abs().sum(1) > 0
+    assert int(kept_rows.sum()) == kept_count(48, ratio)
+    # every kept row is at least as strong as every removed row
+    norms = w.norm(dim=1)
+    assert norms[kept_rows].min() >= norms[~kept_rows].max()
+    assert torch.equal(z[kept_rows], w[kept_rows])
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.6])
+def test_shape_projection_removes_columns(ratio):
+    w = gaussian()
+    z, _ = project(w, LayerRule(shape=ratio))
+    assert int((z.abs().sum(0) > 0).sum()) == kept_count(40, ratio)
+
+
+def test_combined_filter_and_shape_hit_both_counts():
+    w = gaussian()
+    z, mask = project(w, LayerRule(filter=0.75, shape=0.5))
+    assert int(mask.any(1).sum()) == kept_count(48, 0.75)
+    assert int(mask.any(0).sum()) == kept_count(40, 0.5)
+    assert int(mask.sum()) == kept_count(48, 0.75) * kept_count(40, 0.5)
+    assert torch.all(z[~mask] == 0)
+
+
+def test_irregular_projection_hits_its_count():
+    w = gaussian()
+    z, _ = project(w, LayerRule(irregular=0.9))
+    assert int((z != 0).sum()) == kept_count(w.numel(), 0.9)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantization_lands_on_levels(bits):
+    w = gaussian()
+    mask = prune_mask(w, LayerRule(filter=0.5))
+    levels, alpha = quantize(w, mask, bits)
+    max_level = 2 ** (bits - 1) - 1
+    assert levels.abs().max() <= max_level
+    assert torch.all(levels[~mask] == 0)
+    z, _ = project(w, LayerRule(filter=0.5, weight_bits=bits))
+    ratio = z[mask] / alpha
+    assert torch.allclose(ratio, ratio.round(), atol=1e-4)
+    # the least-squares scale is optimal for its levels: error is no larger at nearby scales
+    err = lambda a: ((w[mask] - a * levels[mask]) ** 2).sum()
+    assert err(alpha) <= err(alpha * 1.01) and err(alpha) <= err(alpha * 0.99)
+
+
+def test_pruned_zeros_stay_out_of_the_scale_fit():
+    w = gaussian()
+    mask = prune_mask(w, LayerRule(filter=0.5))
+    _, alpha_masked = quantize(w, mask, 4)
+    _, alpha_alone = quantize(w[mask.any(1)], torch.ones_like(w[mask.any(1)], dtype=torch.bool), 4)
+    assert alpha_masked == pytest.approx(alpha_alone)
+
+
+@pytest.mark.parametrize("rule", [LayerRule(filter=0.6), LayerRule(shape=0.3),
+                                  LayerRule(filter=0.5, shape=0.5, weight_bits=4),
+                                  LayerRule(weight_bits=3), LayerRule(irregular=0.7, weight_bits=8)])
+def test_projection_is_idempotent(rule):
+    for seed in range(3):
+        z, mask = project(gaussian(seed=seed), rule)
+        z2, mask2 = project(z, rule)
+        assert torch.equal(mask, mask2)
+        assert torch.allclose(z, z2, atol=1e-6, rtol=1e-5)
+
+
+def test_projection_is_no_farther_than_another_point_of_the_set():
+    w = gaussian()
+    rule = LayerRule(filter=0.5)
+    z, _ = project(w, rule)
+    other, _ = project(gaussian(seed=7), rule)   # another feasible point (its rows are a feasible mask)
+    assert (w - z).norm() <= (w - w * (other != 0)).norm()
+
+
+@pytest.mark.parametrize("kwargs", [{"filter": 1.0}, {"shape": -0.1}, {"weight_bits": 1}])
+def test_bad_rules_name_the_value(kwargs):
+    with pytest.raises(StageError) as err:
+        LayerRule(**kwargs)
+    assert str(list(kwargs.values())[0]) in str(err.value)
