@@ -1,0 +1,131 @@
+"""`memadmm`: run, validate, query.
+
+A user's mistake (bad config value, unknown preset, missing table) prints
+one line naming the field and value, and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import UserError
+
+console = Console()
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """Compress a PyTorch network for memristor crossbars with ADMM and tabulate its costs."""
+
+
+@main.command()
+@click.option("--config", "source", default="quick", show_default=True,
+              help="preset name (see `memadmm validate --list`) or YAML file")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a field, e.g. --set admm.epochs=10 (repeatable)")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+@click.option("--run-id", default=None, help="run id (default: time stamp and random suffix)")
+@click.option("--quiet", is_flag=True, help="print only the summary")
+@user_errors
+def run(source, overrides, address, run_id, quiet) -> None:
+    """Run the whole pipeline and write its Parquet tables under output.root."""
+    from pipeline.config import load_config
+
+    cfg = load_config(source, overrides)          # refused here, before Ray starts
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from pipeline.run import run_pipeline
+
+    summary = run_pipeline(cfg, run_id=run_id, address=address, preset=source)
+    print_summary(summary, cfg.output.root)
+
+
+def print_summary(s: dict, root: str) -> None:
+    pct = lambda v: f"{100 * v:.2f} %"
+    t = Table(title=f"memadmm run {s['run_id']}  ({s['model']} on {s['dataset']})", show_header=True)
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_column("from")
+    t.add_row("baseline test accuracy", pct(s["baseline_accuracy"]), "dense pretrained model")
+    t.add_row("final test accuracy", pct(s["final_accuracy"]), "retrained model on levels")
+    t.add_row("accuracy loss", f"{100 * s['accuracy_loss']:.2f} points", "baseline - final")
+    t.add_row("weight compression", f"{s['weight_compression']:.2f} x", "dense weights / non-zero weights")
+    t.add_row("storage compression", f"{s['storage_compression']:.2f} x", "float32 dense / compressed bits")
+    t.add_row("weight bits", f"{s['weight_bits']} (dense {s['baseline_weight_bits']})", "mapping config")
+    t.add_row("crossbars", f"{s['crossbars_dense']} -> {s['crossbars_compressed']}", "dense -> compressed")
+    t.add_row("power", f"{s['power_dense_mw']:.2f} -> {s['power_compressed_mw']:.2f} mW "
+              f"({pct(s['power_reduction'])} less)", "hardware preset table")
+    t.add_row("area", f"{s['area_dense_mm2']:.4f} -> {s['area_compressed_mm2']:.4f} mm2 "
+              f"({pct(s['area_reduction'])} less)", "hardware preset table")
+    console.print(t)
+    mc = Table(title="Monte-Carlo test accuracy per device scenario", show_header=True)
+    for col in ("scenario", "variation", "sigma", "p_sa0", "p_sa1", "trials", "mean", "std", "5th pct"):
+        mc.add_column(col, justify="right")
+    for m in s["montecarlo"]:
+        mc.add_row(m["scenario_id"], m["variation"], f"{m['sigma']:g}", f"{m['p_sa0']:g}", f"{m['p_sa1']:g}",
+                   str(m["trials"]), pct(m["mean"]), f"{100 * m['std']:.2f} points", pct(m["p5"]))
+    console.print(mc)
+    console.print(f"tables: {root.rstrip('/')}/tables/<table>/run_id={s['run_id']}/  "
+                  "(runs, accuracy, layers, hardware, tune, montecarlo, summary)")
+
+
+@main.command()
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--list", "list_presets", is_flag=True, help="list the presets")
+@user_errors
+def validate(config, overrides, list_presets) -> None:
+    """Check a config (preset or file) and print it resolved."""
+    from pipeline.config import load_config, presets
+
+    if list_presets:
+        click.echo("\n".join(presets()))
+        return
+    if config is None:
+        raise UserError("validate: a CONFIG (preset name or YAML file) is required")
+    click.echo(load_config(config, overrides).to_yaml(), nl=False)
+
+
+@main.command()
+@click.argument("root", required=False, default="results")
+@click.option("--table", "table", required=True, help="runs, accuracy, layers, hardware, tune, montecarlo, summary")
+@click.option("--run-id", default=None)
+@click.option("--where", default=None, help="pandas query expression, e.g. \"sigma > 0\"")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@user_errors
+def query(root, table, run_id, where, fmt) -> None:
+    """Print a table (all runs, or one) from ROOT (default: results)."""
+    import pandas as pd
+    from pipeline.tables import read_table
+
+    frame = read_table(root, table, run_id)
+    if where:
+        try:
+            frame = frame.query(where)
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise UserError(f"--where: got {where!r}; not a valid pandas query on columns "
+                            f"{', '.join(frame.columns)} ({exc})") from None
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(frame.to_json(orient="records", default_handler=str))
+    else:
+        with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+            click.echo(frame.to_string(index=False))

@@ -1,0 +1,257 @@
+"""The run configuration: one YAML file, validated once at the boundary.
+
+Every section is a frozen pydantic model with extra="forbid": an unknown key,
+a wrong type or an out-of-range value is refused before Ray starts, with a
+message naming the field, the value and what is allowed. Field descriptions
+state units. Presets ship in pipeline/configs/*.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+Structure = Literal["filter", "shape", "irregular"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: Literal["digits"] = Field("digits", description="data set")
+    val_fraction: float = Field(0.2, gt=0, lt=0.5, description="fraction held out for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="fraction held out for test")
+    split_seed: int = Field(0, description="seed of the fixed stratified split")
+    batch_size: int = Field(64, ge=1, description="training mini-batch size, examples")
+
+
+class ModelConfig(Section):
+    name: Literal["mlp", "convnet"] = Field("mlp", description="architecture")
+    hidden: tuple[int, ...] = Field((256, 256), min_length=1,
+                                    description="MLP hidden widths, or conv channels")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {list(self.hidden)}")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=0, description="epochs")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    optimizer: Literal["sgd", "adam"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+
+
+class LayerPrune(Section):
+    """Fractions of a layer's structures removed, each in [0, 1)."""
+
+    filter: float = Field(0.0, ge=0, lt=1, description="fraction of rows (output channels) removed")
+    shape: float = Field(0.0, ge=0, lt=1, description="fraction of columns (input positions) removed")
+    irregular: float = Field(0.0, ge=0, lt=1, description="fraction of single weights removed")
+
+
+class AdmmConfig(TrainConfig):
+    epochs: int = Field(20, ge=1, description="ADMM epochs (one W-, Z- and U-step each)")
+    rho: float = Field(1e-3, gt=0, description="initial ADMM penalty rho")
+    rho_multiplier: float = Field(1.3, ge=1, description="rho is multiplied by this every rho_every epochs")
+    rho_every: int = Field(5, ge=1, description="epochs per ADMM stage (rho step and lr reset)")
+    quantize: bool = Field(True, description="also project onto mapping.weight_bits levels")
+    target_compression: float = Field(1.0, ge=1, description="weight compression a trial must reach, x")
+    layers: dict[str, LayerPrune] = Field(default_factory=dict,
+                                          description="per-layer prune ratios (Tune's default point)")
+
+
+class TuneConfig(Section):
+    num_samples: int = Field(4, ge=1, description="Tune trials")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="trials at once (None: as CPUs allow)")
+    rho: tuple[float, ...] = Field((), description="rho values to choose from; empty: admm.rho")
+    ratios: dict[str, dict[Structure, tuple[float, float]]] = Field(
+        default_factory=dict, description="layer -> structure -> [low, high) uniform prune-ratio range")
+    grace_period: int = Field(5, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2, gt=1, description="ASHA reduction factor")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for layer, by_structure in self.ratios.items():
+            for structure, (low, high) in by_structure.items():
+                if not 0 <= low <= high < 1:
+                    raise ValueError(f"ratios.{layer}.{structure}: got [{low}, {high}]; "
+                                     "allowed: 0 <= low <= high < 1")
+        if any(r <= 0 for r in self.rho):
+            raise ValueError(f"rho: got {list(self.rho)}; allowed: values > 0")
+        return self
+
+
+class MappingConfig(Section):
+    weight_bits: int = Field(4, ge=2, le=16, description="signed weight precision, bits incl. sign")
+    cell_bits: int = Field(2, ge=1, le=8, description="bits stored per memristor")
+    xbar_rows: int = Field(128, ge=1, description="crossbar wordlines (inputs)")
+    xbar_cols: int = Field(128, ge=1, description="crossbar bitlines (outputs)")
+    sign_scheme: Literal["differential"] = Field("differential", description="G+ - G- device pairs")
+    g_min_us: float = Field(1.0, gt=0, description="lowest conductance, microsiemens")
+    g_max_us: float = Field(100.0, gt=0, description="highest conductance, microsiemens")
+    cascade: bool = Field(True, description="pruned filters remove the next layer's wordlines")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.g_min_us >= self.g_max_us:
+            raise ValueError(f"g_min_us ({self.g_min_us}) must be below g_max_us ({self.g_max_us})")
+        return self
+
+
+class HardwareConfig(Section):
+    preset: Literal["isaac", "puma"] = Field("isaac", description="per-component cost table")
+    baseline_weight_bits: int = Field(16, ge=2, le=32, description="dense baseline weight precision, bits")
+    scopes: tuple[Literal["crossbar", "ima", "tile"], ...] = Field(
+        ("crossbar",), min_length=1, description="which components count: per crossbar, per IMA, per tile")
+    overrides: dict[str, dict[Literal["power_mw", "area_mm2"], float]] = Field(
+        default_factory=dict, description="component -> replaced power_mw / area_mm2 per instance")
+
+
+class ScenarioConfig(Section):
+    id: str = Field(min_length=1, description="stable scenario id (seeds derive from it)")
+    variation: Literal["none", "lognormal", "additive"] = "none"
+    sigma: float = Field(0.0, ge=0, description="programming variation, relative")
+    p_sa0: float = Field(0.0, ge=0, le=1, description="probability of a device stuck at g_min")
+    p_sa1: float = Field(0.0, ge=0, le=1, description="probability of a device stuck at g_max")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.p_sa0 + self.p_sa1 > 1:
+            raise ValueError(f"p_sa0 + p_sa1 = {self.p_sa0 + self.p_sa1}; allowed: <= 1")
+        if self.variation == "none" and self.sigma > 0:
+            raise ValueError(f"sigma = {self.sigma} needs variation 'lognormal' or 'additive'")
+        return self
+
+
+class MonteCarloConfig(Section):
+    trials: int = Field(50, ge=1, description="trials per scenario")
+    chunk_size: int = Field(25, ge=1, description="trials per Ray task")
+    scenarios: tuple[ScenarioConfig, ...] = Field(
+        (ScenarioConfig(id="ideal"),), min_length=1, description="device scenarios")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        ids = [s.id for s in self.scenarios]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"scenario ids must be unique, got {ids}")
+        return self
+
+
+class ResourcesConfig(Section):
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray cluster (None: all)")
+    cpus_per_trial: float = Field(1, gt=0, description="CPUs per Tune trial")
+    cpus_per_task: float = Field(1, gt=0, description="CPUs per stage or Monte-Carlo task")
+
+
+class OutputConfig(Section):
+    root: str = Field("results", min_length=1, description="local path or fsspec URL of the results")
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, description="run seed: training order, Tune search, Monte-Carlo trials")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: TrainConfig = TrainConfig()
+    admm: AdmmConfig = AdmmConfig()
+    tune: TuneConfig = TuneConfig()
+    mapping: MappingConfig = MappingConfig()
+    retrain: TrainConfig = TrainConfig(epochs=20)
+    hardware: HardwareConfig = HardwareConfig()
+    montecarlo: MonteCarloConfig = MonteCarloConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the canonical JSON: the config's cache key."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("pipeline.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: got a {type(data).__name__}; allowed: a mapping of sections")
+    return data
+
+
+def _raw(source: str) -> dict:
+    if source in presets():
+        return _read_yaml(resources.files("pipeline.configs").joinpath(f"{source}.yaml").read_text(), source)
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config: got {source!r}, no such file; allowed: a YAML file "
+                              f"or a preset ({', '.join(presets())})")
+        return _read_yaml(path.read_text(), str(path))
+    raise ConfigError(f"config: got {source!r}; allowed: a YAML file or a preset ({', '.join(presets())})")
+
+
+def _apply_override(data: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set: got {item!r}; allowed: KEY=VALUE, e.g. admm.epochs=10")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        value = err.get("input")
+        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{field}: got {shown}; {message}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def load_config(source: str = "quick", overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """A preset name or YAML path, with `a.b=value` overrides applied in order."""
+    data = _raw(source)
+    for item in overrides:
+        _apply_override(data, item)
+    return validate(data)

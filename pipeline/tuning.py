@@ -1,0 +1,103 @@
+"""The ADMM stage as a Ray Tune search over rho and per-layer prune ratios.
+
+The only module that talks to Tune's reporting API. Each trial runs
+pipeline.steps.run_admm and reports, every epoch, the validation accuracy
+after hard projection, the weight compression and crossbars of that
+projection, and `score` (pipeline.steps.score): the objective, maximised.
+ASHA stops weak trials early; the search is a seeded random search. The
+chosen trial is the best-scoring one among trials that ran every epoch; it
+hands its projected weights and masks back through its final checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from pipeline.config import Config
+from pipeline.steps import default_ratios, run_admm
+from stages.data import DataSplits
+
+STRUCTURES = ("filter", "shape", "irregular")
+
+
+def search_space(cfg: Config) -> dict:
+    """{"rho": ..., "ratios": {layer: {structure: ...}}}: Tune domains where the config asks."""
+    ratios = default_ratios(cfg)
+    for layer, by_structure in cfg.tune.ratios.items():
+        for structure, (low, high) in by_structure.items():
+            ratios.setdefault(layer, {})[structure] = tune.uniform(low, high) if high > low else low
+    rho = tune.choice(list(cfg.tune.rho)) if len(cfg.tune.rho) > 1 else (
+        cfg.tune.rho[0] if cfg.tune.rho else cfg.admm.rho)
+    return {"rho": rho, "ratios": ratios}
+
+
+def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict) -> None:
+    last_epoch = cfg.admm.epochs - 1
+
+    def report(metrics: dict) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "stage"}
+        if metrics["epoch"] < last_epoch:
+            tune.report(metrics)
+
+    projected, masks, metrics = run_admm(cfg, data, state, rho=params["rho"],
+                                         ratios=params["ratios"], on_epoch_end=report)
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"model": projected, "masks": masks}, os.path.join(folder, "admm.pt"))
+        final = {k: v for k, v in metrics.items() if k != "stage"}
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str):
+    """Run the Tuner; returns (projected state, masks, tune rows, chosen trial id)."""
+    trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state),
+                                    {"cpu": cfg.resources.cpus_per_trial})
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.admm.epochs,
+                              grace_period=min(cfg.tune.grace_period, cfg.admm.epochs),
+                              reduction_factor=cfg.tune.reduction_factor)
+    tuner = tune.Tuner(
+        trainable, param_space=search_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", scheduler=scheduler, num_samples=cfg.tune.num_samples,
+            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+            max_concurrent_trials=cfg.tune.max_concurrent_trials),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    finished = [r for r in grid if r.error is None and r.checkpoint is not None
+                and r.metrics.get("training_iteration") == cfg.admm.epochs]
+    if not finished:
+        errors = "; ".join(str(r.error) for r in grid if r.error is not None)
+        raise RuntimeError(f"no ADMM trial finished all {cfg.admm.epochs} epochs ({errors or 'none failed'})")
+    chosen = max(finished, key=lambda r: r.metrics["score"])
+    with chosen.checkpoint.as_directory() as folder:
+        saved = torch.load(os.path.join(folder, "admm.pt"), map_location="cpu", weights_only=True)
+    rows = tune_rows(cfg, grid, chosen.metrics["trial_id"])
+    return saved["model"], saved["masks"], rows, chosen.metrics["trial_id"]
+
+
+def tune_rows(cfg: Config, grid, chosen_id: str) -> list[dict]:
+    """One `tune` row per trial and layer."""
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        params = result.config or {}
+        epochs = int(m.get("training_iteration", 0))
+        status = ("failed" if result.error is not None else
+                  "completed" if epochs == cfg.admm.epochs else "stopped")
+        trial_id = m.get("trial_id") or os.path.basename(str(result.path))
+        for layer, ratios in sorted(params.get("ratios", {}).items()):
+            rows.append({
+                "trial_id": trial_id, "layer": layer, "rho": float(params.get("rho", float("nan"))),
+                **{f"{s}_ratio": float(ratios.get(s, 0.0)) for s in STRUCTURES},
+                "status": status, "epochs": epochs,
+                "val_accuracy": m.get("val_accuracy"), "weight_compression": m.get("weight_compression"),
+                "crossbars": m.get("crossbars"), "meets_target": m.get("meets_target"),
+                "score": m.get("score"), "chosen": trial_id == chosen_id,
+            })
+    return rows
