@@ -16,7 +16,8 @@ from rich.table import Table
 
 from pipeline.errors import UserError
 
-console = Console()
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; the summary needs about 110.
+console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def user_errors(fn):

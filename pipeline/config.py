@@ -79,6 +79,9 @@ class TuneConfig(Section):
     rho: tuple[float, ...] = Field((), description="rho values to choose from; empty: admm.rho")
     ratios: dict[str, dict[Structure, tuple[float, float]]] = Field(
         default_factory=dict, description="layer -> structure -> [low, high) uniform prune-ratio range")
+    early_stopping: Literal["asha", "none"] = Field(
+        "asha", description="asha: stop weak trials early (which ones depends on the order trials "
+        "report in); none: every trial runs every epoch, and a seed gives the same tables")
     grace_period: int = Field(5, ge=1, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: float = Field(2, gt=1, description="ASHA reduction factor")
 

@@ -4,7 +4,10 @@ The only module that talks to Tune's reporting API. Each trial runs
 pipeline.steps.run_admm and reports, every epoch, the validation accuracy
 after hard projection, the weight compression and crossbars of that
 projection, and `score` (pipeline.steps.score): the objective, maximised.
-ASHA stops weak trials early; the search is a seeded random search. The
+ASHA stops weak trials early; the search is a seeded random search. Each
+trial's computation is deterministic, but which trials ASHA stops depends on
+the order their reports arrive in; `tune.early_stopping: none` runs every
+trial to the end, and then a seed gives the same tables every time. The
 chosen trial is the best-scoring one among trials that ran every epoch; it
 hands its projected weights and masks back through its final checkpoint.
 """
@@ -16,7 +19,7 @@ import tempfile
 
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from pipeline.config import Config
@@ -57,9 +60,10 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
     """Run the Tuner; returns (projected state, masks, tune rows, chosen trial id)."""
     trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state),
                                     {"cpu": cfg.resources.cpus_per_trial})
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.admm.epochs,
-                              grace_period=min(cfg.tune.grace_period, cfg.admm.epochs),
-                              reduction_factor=cfg.tune.reduction_factor)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.admm.epochs,
+                               grace_period=min(cfg.tune.grace_period, cfg.admm.epochs),
+                               reduction_factor=cfg.tune.reduction_factor)
+                 if cfg.tune.early_stopping == "asha" else FIFOScheduler())
     tuner = tune.Tuner(
         trainable, param_space=search_space(cfg),
         tune_config=tune.TuneConfig(

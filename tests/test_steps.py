@@ -1,0 +1,41 @@
+"""The stages driven by a Config, in-process (no Ray): the conv-net preset end to end."""
+
+import pytest
+
+from pipeline import steps
+from pipeline.config import load_config
+from pipeline.results import layers_and_hardware, summary_row
+
+TINY = ["pretrain.epochs=3", "admm.epochs=2", "admm.rho_every=1", "retrain.epochs=1",
+        "montecarlo.trials=2"]
+
+
+@pytest.mark.parametrize("preset", ["quick", "quick-convnet"])
+def test_preset_runs_in_process_and_its_rows_are_consistent(preset):
+    cfg = load_config(preset, TINY)
+    data = steps.data_for(cfg)
+    steps.check_layers(cfg, steps.template_for(cfg, data))
+    state, accuracy = steps.run_pretrain(cfg, data)
+    seen = []
+    projected, masks, metrics = steps.run_admm(cfg, data, state, rho=cfg.admm.rho,
+                                               ratios=steps.default_ratios(cfg), on_epoch_end=seen.append)
+    assert [m["epoch"] for m in seen] == [0, 1]
+    assert {"val_accuracy", "weight_compression", "crossbars", "score", "meets_target"} <= set(metrics)
+    mapped, rows = steps.run_map(cfg, data, projected, masks)
+    final, retrain_rows = steps.run_retrain(cfg, data, mapped)
+    mc = [r for s in steps.scenarios_for(cfg) for r in steps.run_montecarlo_chunk(cfg, data, final, s, [0, 1])]
+    layers, hardware = layers_and_hardware(cfg, final)
+    summary = summary_row(cfg, accuracy + rows + retrain_rows, layers, hardware, mc)
+    # the ADMM metric and the mapping agree on the weights kept (retraining only adds zeros)
+    assert summary["weight_compression"] >= metrics["weight_compression"] - 1e-9
+    assert summary["crossbars_compressed"] == metrics["crossbars"]
+    assert 0 < summary["power_reduction"] < 1 and 0 < summary["area_reduction"] < 1
+    assert summary["montecarlo"][0]["std"] == 0.0    # sigma = 0: every trial the same
+    if cfg.model.name == "convnet":
+        fc = next(r for r in layers if r["layer"] == "fc" and r["variant"] == "compressed")
+        assert fc["kept_in"] < fc["kept_in_own"]     # conv2's pruned filters removed fc wordlines
+
+
+def test_score_ranks_every_trial_that_meets_the_target_first():
+    assert steps.score(0.5, 30, 25) > steps.score(0.99, 24.9, 25) > steps.score(0.99, 10, 25)
+    assert -1 < steps.score(0.9, 1, 25) < 0
