@@ -15,7 +15,7 @@ from stages.montecarlo import Scenario, run_trials
 from pipeline import steps
 
 TINY = [
-    "model.hidden=[32, 32]", "pretrain.epochs=8", "admm.epochs=3", "admm.rho_every=1",
+    "tune.early_stopping=none", "model.hidden=[32, 32]", "pretrain.epochs=8", "admm.epochs=3", "admm.rho_every=1",
     "admm.target_compression=4", "tune.num_samples=2", "tune.grace_period=1",
     "retrain.epochs=2", "mapping.xbar_rows=16", "mapping.xbar_cols=16",
     "montecarlo.trials=4", "montecarlo.chunk_size=3",
@@ -24,28 +24,50 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def run(ray_session, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("results"))
-    args = ["run", "--run-id", "tiny", "--quiet", "--set", f"output.root={root}"]
-    for item in TINY:
+def tiny(root: str, table: str) -> pd.DataFrame:
+    frame = pd.read_parquet(f"{root}/tables/{table}")
+    return frame[frame.run_id == "tiny"].reset_index(drop=True)
+
+
+def invoke_run(root: str, run_id: str, extra=()):
+    args = ["run", "--run-id", run_id, "--quiet", "--set", f"output.root={root}"]
+    for item in [*TINY, *extra]:
         args += ["--set", item]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return root, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("results"))
+    return root, invoke_run(root, "tiny")
+
+
+def test_a_fixed_seed_gives_the_same_tables(run):
+    root, _ = run
+    invoke_run(root, "tiny-again")
+    for table, keys in (("montecarlo", ["scenario_id", "trial"]), ("accuracy", ["stage", "split"]),
+                        ("layers", ["variant", "layer"]), ("summary", [])):
+        frame = pd.read_parquet(f"{root}/tables/{table}")
+        a, b = (frame[frame.run_id == r].drop(columns="run_id").reset_index(drop=True) for r in ("tiny", "tiny-again"))
+        if keys:
+            a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
+        assert len(a) > 0
+        pd.testing.assert_frame_equal(a, b)
 
 
 def test_every_table_reads_with_pandas_and_matches_its_schema(run):
     root, _ = run
     for table in TABLES:
         frame = pd.read_parquet(f"{root}/tables/{table}")
-        assert list(frame["run_id"].astype(str).unique()) == ["tiny"]
+        assert "tiny" in set(frame["run_id"].astype(str))
         assert set(SCHEMAS[table].names) <= set(frame.columns), table
 
 
 def test_one_row_per_rules(run):
     root, _ = run
-    t = lambda name: pd.read_parquet(f"{root}/tables/{name}")
+    t = lambda name: tiny(root, name)
     assert len(t("runs")) == 1 and t("runs")["status"].item() == "succeeded"
     assert len(t("summary")) == 1
     acc = t("accuracy")
@@ -64,13 +86,13 @@ def test_one_row_per_rules(run):
 
 def test_summary_invariants(run):
     root, output = run
-    s = pd.read_parquet(f"{root}/tables/summary").iloc[0]
+    s = tiny(root, "summary").iloc[0]
     assert 0 < s["crossbars_compressed"] < s["crossbars_dense"]
     assert 0 < s["power_reduction"] < 1 and 0 < s["area_reduction"] < 1
     for key in ("baseline_accuracy", "final_accuracy"):
         assert 0 <= s[key] <= 1
     assert s["weight_compression"] > 1
-    hardware = pd.read_parquet(f"{root}/tables/hardware")
+    hardware = tiny(root, "hardware")
     dense = hardware[hardware.variant == "dense"]["power_mw"].sum()
     assert s["power_dense_mw"] == pytest.approx(dense)
     assert [m["scenario_id"] for m in s["montecarlo"]] == ["s0", "s1", "saf"]
@@ -79,8 +101,8 @@ def test_summary_invariants(run):
 
 def test_noise_free_scenario_reproduces_mapped_accuracy_and_seeds_rerun(run):
     root, _ = run
-    mc = pd.read_parquet(f"{root}/tables/montecarlo")
-    acc = pd.read_parquet(f"{root}/tables/accuracy")
+    mc = tiny(root, "montecarlo")
+    acc = tiny(root, "accuracy")
     retrained = acc[(acc.stage == "retrain") & (acc.split == "test")]["accuracy"].item()
     assert (mc[mc.scenario_id == "s0"]["accuracy"] == retrained).all()
     # re-run one noisy trial alone from its stored seed, from the stored artifact
@@ -98,7 +120,7 @@ def test_manifest_and_query(run):
     manifest = json.load(open(f"{root}/runs/tiny/manifest.json"))
     assert manifest["status"] == "succeeded"
     assert set(manifest["stages"]) == {"pretrain", "admm", "map", "retrain", "montecarlo", "tables"}
-    result = CliRunner().invoke(main, ["query", root, "--table", "montecarlo", "--where", "sigma > 0",
+    result = CliRunner().invoke(main, ["query", root, "--table", "montecarlo", "--run-id", "tiny", "--where", "sigma > 0",
                                        "--format", "json"])
     assert result.exit_code == 0
     rows = json.loads(result.output)
