@@ -5,8 +5,8 @@
 Each stage task returns two objects: its artifact (model state, masks, the
 mapping), whose ObjectRef goes to the next stage, and its report (table
 rows), which the driver fetches. Model state never passes through the
-driver's disk; the driver saves copies under runs/<run_id>/artifacts/ for
-the user.
+driver: the tables task saves it under runs/<run_id>/artifacts/ for the user
+and writes the tables; the driver writes the run's status and manifest.
 """
 
 from __future__ import annotations
@@ -79,6 +79,22 @@ def retrain_task(cfg: Config, data, mapped):
 @ray.remote
 def montecarlo_task(cfg: Config, data, mapped, scenario, trials: list[int]):
     return steps.run_montecarlo_chunk(cfg, data, mapped, scenario, trials)
+
+
+@ray.remote
+def tables_task(cfg: Config, rec: "Recorder", state, admm, mapped, final, accuracy, tune_rows, montecarlo):
+    """Cost the final mapping, save the artifacts, write every table; returns the summary row."""
+    layers, hardware = layers_and_hardware(cfg, final)
+    summary = summary_row(cfg, accuracy, layers, hardware, montecarlo)
+    config = cfg.model_dump(mode="json")
+    rec.artifact("pretrain", {"model": state, "config": config})
+    rec.artifact("admm", {**admm, "config": config})
+    rec.artifact("mapped", mapped.to_plain())
+    rec.artifact("retrain", final.to_plain())
+    for name, rows in (("accuracy", accuracy), ("layers", layers), ("hardware", hardware),
+                       ("tune", tune_rows), ("montecarlo", montecarlo), ("summary", [summary])):
+        rec.table(name, rows)
+    return summary
 
 
 # ---- driver ------------------------------------------------------------------------------
@@ -220,15 +236,8 @@ def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
     rec.stage("montecarlo", t)
 
     t = time.perf_counter()
-    final = ray.get(final_ref)
-    layers, hardware = layers_and_hardware(cfg, final)
-    summary = summary_row(cfg, accuracy, layers, hardware, montecarlo)
-    rec.artifact("pretrain", {"model": ray.get(state_ref), "config": cfg.model_dump(mode="json")})
-    rec.artifact("admm", {**ray.get(admm_ref), "config": cfg.model_dump(mode="json")})
-    rec.artifact("mapped", ray.get(mapped_ref).to_plain())
-    rec.artifact("retrain", final.to_plain())
-    for name, rows in (("accuracy", accuracy), ("layers", layers), ("hardware", hardware),
-                       ("tune", tune_report["tune"]), ("montecarlo", montecarlo), ("summary", [summary])):
-        rec.table(name, rows)
+    summary = tables_task.options(num_cpus=cpus).remote(
+        cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo)
+    summary = ray.get(summary)
     rec.stage("tables", t)
     return summary
