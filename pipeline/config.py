@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.errors import ConfigError
 
-Structure = Literal["filter", "shape", "irregular"]
+Structure = Literal["filter", "shape", "block", "irregular"]
 
 
 class Section(BaseModel):
@@ -27,17 +27,20 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["digits"] = Field("digits", description="data set")
-    val_fraction: float = Field(0.2, gt=0, lt=0.5, description="fraction held out for validation")
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="fraction held out for test")
+    name: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = Field("digits", description="data set")
+    root: Optional[str] = Field(None, description="folder of the torchvision data files (not for digits)")
+    download: bool = Field(False, description="let torchvision download the data set into root")
+    val_fraction: float = Field(0.2, gt=0, lt=0.5, description="fraction of the training set held out for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="digits only: fraction held out for test "
+                                 "(torchvision sets use their official test split)")
     split_seed: int = Field(0, description="seed of the fixed stratified split")
     batch_size: int = Field(64, ge=1, description="training mini-batch size, examples")
 
 
 class ModelConfig(Section):
-    name: Literal["mlp", "convnet"] = Field("mlp", description="architecture")
+    name: Literal["mlp", "convnet", "lenet5", "vgg16", "resnet18"] = Field("mlp", description="architecture")
     hidden: tuple[int, ...] = Field((256, 256), min_length=1,
-                                    description="MLP hidden widths, or conv channels")
+                                    description="mlp: hidden widths; convnet: conv channels; others: unused")
 
     @model_validator(mode="after")
     def _positive(self):
@@ -59,10 +62,17 @@ class LayerPrune(Section):
 
     filter: float = Field(0.0, ge=0, lt=1, description="fraction of rows (output channels) removed")
     shape: float = Field(0.0, ge=0, lt=1, description="fraction of columns (input positions) removed")
+    block: float = Field(0.0, ge=0, lt=1, description="fraction of crossbar-sized blocks removed")
     irregular: float = Field(0.0, ge=0, lt=1, description="fraction of single weights removed")
 
 
 class AdmmConfig(TrainConfig):
+    method: Literal["admm", "magnitude"] = Field(
+        "admm", description="admm: ADMM regularized pruning; magnitude: one-shot structured magnitude "
+        "pruning of the pretrained weights (L2 norms of the same structures), retrained for "
+        "admm.epochs + retrain.epochs epochs: the same training budget")
+    compare_magnitude: bool = Field(False, description="also run the magnitude baseline at the chosen "
+                                    "ratios and report it in the summary")
     epochs: int = Field(20, ge=1, description="ADMM epochs (one W-, Z- and U-step each)")
     rho: float = Field(1e-3, gt=0, description="initial ADMM penalty rho")
     rho_multiplier: float = Field(1.3, ge=1, description="rho is multiplied by this every rho_every epochs")
@@ -71,6 +81,11 @@ class AdmmConfig(TrainConfig):
     target_compression: float = Field(1.0, ge=1, description="weight compression a trial must reach, x")
     layers: dict[str, LayerPrune] = Field(default_factory=dict,
                                           description="per-layer prune ratios (Tune's default point)")
+    all_layers: LayerPrune = Field(LayerPrune(), description="ratios for every layer not in `layers`; "
+                                   "filter ratios are skipped where the graph forbids filter pruning")
+    first_layer: Literal["prune", "keep"] = Field("keep", description="does all_layers apply to the first layer")
+    last_layer: Literal["prune", "keep"] = Field("keep", description="does all_layers apply to the last layer "
+                                                 "(shape and block only: its outputs are the classes)")
 
 
 class TuneConfig(Section):
@@ -157,6 +172,9 @@ class ResourcesConfig(Section):
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray cluster (None: all)")
     cpus_per_trial: float = Field(1, gt=0, description="CPUs per Tune trial")
     cpus_per_task: float = Field(1, gt=0, description="CPUs per stage or Monte-Carlo task")
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs per Tune trial (> 0: train on CUDA)")
+    gpus_per_task: float = Field(0, ge=0, description="GPUs per stage task (> 0: run on CUDA)")
+    mixed_precision: bool = Field(True, description="bfloat16 autocast for training on CUDA")
 
 
 class OutputConfig(Section):

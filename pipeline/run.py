@@ -60,14 +60,21 @@ def pretrain_task(cfg: Config, data):
 
 @ray.remote(num_returns=2)
 def admm_task(cfg: Config, data, state, storage_path: str, name: str):
-    model, masks, rows, chosen = run_search(cfg, data, state, storage_path, name)
-    return {"model": model, "masks": masks}, {"tune": rows, "chosen": chosen}
+    model, masks, rows, ratios = run_search(cfg, data, state, storage_path, name)
+    return {"model": model, "masks": masks, "ratios": ratios}, {"tune": rows}
 
 
 @ray.remote(num_returns=2)
 def map_task(cfg: Config, data, admm):
-    mapped, rows = steps.run_map(cfg, data, admm["model"], admm["masks"])
+    mapped, rows = steps.run_map(cfg, data, admm["model"], admm["masks"], admm["ratios"],
+                                 stage=cfg.admm.method)
     return mapped, rows
+
+
+@ray.remote
+def magnitude_task(cfg: Config, data, state, admm):
+    """The magnitude baseline at the chosen ratios: its accuracy rows."""
+    return steps.run_magnitude_baseline(cfg, data, state, admm["ratios"])[1]
 
 
 @ray.remote(num_returns=2)
@@ -195,11 +202,11 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
 
 def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
     connect(cfg, address)
-    cpus = cfg.resources.cpus_per_task
+    cpus, gpus = cfg.resources.cpus_per_task, cfg.resources.gpus_per_task
     data_ref = ray.put(data)
 
     t = time.perf_counter()
-    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus).remote(cfg, data_ref)
+    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(cfg, data_ref)
     accuracy = list(ray.get(pre_rows))
     rec.stage("pretrain", t)
 
@@ -209,15 +216,25 @@ def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
     tune_report = ray.get(tune_report)
     rec.stage("admm", t)
 
+    magnitude_ref = None
+    if cfg.admm.compare_magnitude and cfg.admm.method == "admm":   # runs beside map and retrain
+        magnitude_ref = magnitude_task.options(num_cpus=cpus, num_gpus=gpus).remote(
+            cfg, data_ref, state_ref, admm_ref)
+
     t = time.perf_counter()
     mapped_ref, map_rows = map_task.options(num_cpus=cpus).remote(cfg, data_ref, admm_ref)
     accuracy += ray.get(map_rows)
     rec.stage("map", t)
 
     t = time.perf_counter()
-    final_ref, retrain_rows = retrain_task.options(num_cpus=cpus).remote(cfg, data_ref, mapped_ref)
+    final_ref, retrain_rows = retrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(
+        cfg, data_ref, mapped_ref)
     accuracy += ray.get(retrain_rows)
     rec.stage("retrain", t)
+    if magnitude_ref is not None:
+        t = time.perf_counter()
+        accuracy += ray.get(magnitude_ref)
+        rec.stage("magnitude", t)
 
     t = time.perf_counter()
     pending = [montecarlo_task.options(num_cpus=cpus).remote(cfg, data_ref, final_ref, s, trials)

@@ -16,21 +16,34 @@ from hardware import MappingSpec, load_cost_table
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from stages.admm import admm_train
+from stages.admm import hard_project
 from stages.data import DataSplits, load_data
 from stages.mapping import MappedNetwork, layer_rows, map_network
-from stages.models import build_model, crossbar_layers
+from stages.models import LayerGraph, build_model, crossbar_layers, layer_graph
 from stages.montecarlo import Scenario, run_trials, trial_seed
-from stages.projections import LayerRule
+from stages.projections import STRUCTURES, LayerRule
 from stages.retrain import retrain
-from stages.train import EpochCallback, evaluate, pretrain, set_torch_threads
+from stages.train import EpochCallback, Runtime, evaluate, pretrain, resolve_device, set_torch_threads
+
+IMAGE_MODELS = ("convnet", "lenet5", "vgg16", "resnet18")
 
 SPLITS = ("val", "test")
 
 
 def data_for(cfg: Config) -> DataSplits:
-    return load_data(cfg.data.name, as_images=cfg.model.name == "convnet",
-                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-                     split_seed=cfg.data.split_seed)
+    d = cfg.data
+    if d.name == "digits" and cfg.model.name in ("lenet5", "vgg16", "resnet18"):
+        raise ConfigError(f"model.name: {cfg.model.name!r} needs "
+                          f"{'28x28 MNIST-like' if cfg.model.name == 'lenet5' else '32x32 CIFAR'} images; "
+                          f"data.name is 'digits' (8x8): use mlp or convnet, or another data set")
+    return load_data(d.name, as_images=cfg.model.name in IMAGE_MODELS, val_fraction=d.val_fraction,
+                     test_fraction=d.test_fraction, split_seed=d.split_seed, root=d.root,
+                     download=d.download)
+
+
+def runtime_for(cfg: Config, gpus: float) -> Runtime:
+    device = resolve_device(gpus)
+    return Runtime(device, cfg.resources.mixed_precision and device == "cuda")
 
 
 def template_for(cfg: Config, data: DataSplits) -> nn.Module:
@@ -40,13 +53,48 @@ def template_for(cfg: Config, data: DataSplits) -> nn.Module:
 
 
 def check_layers(cfg: Config, template: nn.Module) -> None:
-    """Refuse per-layer settings naming a layer the model does not have."""
+    """Refuse per-layer settings naming a layer the model does not have, or pruning it cannot take."""
     names = list(crossbar_layers(template))
     for field, layers in (("admm.layers", cfg.admm.layers), ("tune.ratios", cfg.tune.ratios)):
         for layer in layers:
             if layer not in names:
                 raise ConfigError(f"{field}.{layer}: no such layer in model {cfg.model.name!r}; "
                                   f"allowed: {', '.join(names)}")
+    graph = layer_graph(template)
+    effective_ratios(cfg, graph, {layer: p.model_dump() for layer, p in cfg.admm.layers.items()})
+    for layer, by_structure in cfg.tune.ratios.items():
+        if by_structure.get("filter", (0, 0))[1] > 0 and layer not in graph.filter_prunable:
+            raise ConfigError(f"tune.ratios.{layer}.filter: got {list(by_structure['filter'])}; allowed: "
+                              "[0, 0] for this layer, since its output joins a residual sum or is the "
+                              "model's output (use shape or block pruning)")
+
+
+def effective_ratios(cfg: Config, graph: LayerGraph, named: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Prune ratios of every crossbar layer: its own entry, else admm.all_layers.
+
+    all_layers skips the first / last layer unless admm.first_layer / last_layer is
+    "prune", and drops its filter ratio where the graph forbids filter pruning
+    (residual joins, the output layer). A named layer asking for filter pruning
+    where the graph forbids it is refused.
+    """
+    default = cfg.admm.all_layers.model_dump()
+    first, last = graph.order[0], graph.order[-1]
+    ratios = {}
+    for name in graph.order:
+        if name in named:
+            r = {s: float(named[name].get(s, 0.0)) for s in STRUCTURES}
+            if r["filter"] > 0 and name not in graph.filter_prunable:
+                raise ConfigError(
+                    f"admm.layers.{name}.filter: got {r['filter']}; allowed: 0 for this layer, since its "
+                    "output joins a residual sum or is the model's output (use shape or block pruning)")
+        elif (name == first and cfg.admm.first_layer == "keep") or (name == last and cfg.admm.last_layer == "keep"):
+            r = {s: 0.0 for s in STRUCTURES}
+        else:
+            r = dict(default)
+            if name not in graph.filter_prunable:
+                r["filter"] = 0.0
+        ratios[name] = r
+    return ratios
 
 
 def spec_for(cfg: Config) -> MappingSpec:
@@ -61,16 +109,25 @@ def default_ratios(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 def rules_for(cfg: Config, template: nn.Module, ratios: dict[str, dict[str, float]]) -> dict[str, LayerRule]:
-    """One rule per crossbar layer: its prune ratios, plus quantization when admm.quantize."""
+    """One rule per crossbar layer: its effective prune ratios, plus quantization when admm.quantize."""
     bits = cfg.mapping.weight_bits if cfg.admm.quantize else None
+    tile = (cfg.mapping.xbar_rows, cfg.mapping.xbar_cols)
     rules = {}
-    for name in crossbar_layers(template):
-        r = ratios.get(name, {})
-        rule = LayerRule(filter=r.get("filter", 0.0), shape=r.get("shape", 0.0),
-                         irregular=r.get("irregular", 0.0), weight_bits=bits)
+    for name, r in effective_ratios(cfg, layer_graph(template), ratios).items():
+        rule = LayerRule(**r, weight_bits=bits, tile=tile)
         if rule.prunes or bits is not None:
             rules[name] = rule
     return rules
+
+
+def block_layers(rules: dict[str, LayerRule]) -> frozenset[str]:
+    return frozenset(n for n, r in rules.items() if r.block > 0)
+
+
+def mapping_of(cfg: Config, model: nn.Module, masks: dict, rules: dict[str, LayerRule]) -> MappedNetwork:
+    m = cfg.mapping
+    return map_network(model, masks, m.weight_bits, m.cascade, (m.xbar_rows, m.xbar_cols),
+                       block_layers(rules))
 
 
 def scenarios_for(cfg: Config) -> list[Scenario]:
@@ -124,15 +181,25 @@ def run_pretrain(cfg: Config, data: DataSplits, on_epoch_end: EpochCallback = No
     p = cfg.pretrain
     state, _ = pretrain(template, data, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
                         momentum=p.momentum, weight_decay=p.weight_decay,
-                        batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end)
+                        batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end,
+                        runtime=runtime_for(cfg, cfg.resources.gpus_per_task))
     model = copy.deepcopy(template)
     model.load_state_dict(state)
     return state, accuracy_rows("pretrain", model, data)
 
 
+def admm_iterations(cfg: Config) -> int:
+    """Epochs a search trial reports: admm.epochs, or 1 for the one-shot magnitude method."""
+    return cfg.admm.epochs if cfg.admm.method == "admm" else 1
+
+
 def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
              ratios: dict[str, dict[str, float]], on_epoch_end: EpochCallback = None):
-    """One ADMM run at (rho, ratios) -> (projected state_dict, masks, last epoch's metrics)."""
+    """One compression run at (rho, ratios) -> (projected state_dict, masks, last epoch's metrics).
+
+    method "admm": ADMM from the pretrained weights; "magnitude": the one-shot projection of
+    the pretrained weights onto the same sets (L2 norms of the same structures).
+    """
     set_torch_threads()
     template = template_for(cfg, data)
     template.load_state_dict(state)
@@ -140,7 +207,7 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
     a = cfg.admm
 
     def projected_metrics(model: nn.Module, masks: dict) -> dict:
-        fp = footprint(cfg, map_network(model, masks, cfg.mapping.weight_bits, cfg.mapping.cascade))
+        fp = footprint(cfg, mapping_of(cfg, model, masks, rules))
         return {"weight_compression": fp.weight_compression, "crossbars": fp.crossbars}
 
     def report(metrics: dict) -> None:
@@ -150,33 +217,56 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
         if on_epoch_end is not None:
             on_epoch_end(metrics)
 
+    if a.method == "magnitude":
+        model = copy.deepcopy(template)
+        masks = hard_project(model, rules)
+        metrics = {"stage": "magnitude", "epoch": 0, "rho": 0.0,
+                   "val_accuracy": evaluate(model, data.x_val, data.y_val),
+                   **projected_metrics(model, masks)}
+        report(metrics)
+        return model.state_dict(), masks, metrics
     model, masks, metrics = admm_train(
         template, data, rules, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
         momentum=a.momentum, weight_decay=a.weight_decay, batch_size=cfg.data.batch_size,
         rho=rho, rho_multiplier=a.rho_multiplier, rho_every=a.rho_every, seed=cfg.seed,
-        on_epoch_end=report, projected_metrics=projected_metrics)
+        on_epoch_end=report, projected_metrics=projected_metrics,
+        runtime=runtime_for(cfg, cfg.resources.gpus_per_trial))
     return model.state_dict(), masks, metrics
 
 
-def run_map(cfg: Config, data: DataSplits, state: dict, masks: dict):
-    """-> (MappedNetwork, accuracy rows of the admm and mapped models)."""
+def run_map(cfg: Config, data: DataSplits, state: dict, masks: dict, ratios: dict,
+            stage: str = "admm"):
+    """-> (MappedNetwork, accuracy rows of the compressed (`stage`) and mapped models)."""
     template = template_for(cfg, data)
     template.load_state_dict(state)
-    rows = accuracy_rows("admm", template, data)
-    mapped = map_network(template, masks, cfg.mapping.weight_bits, cfg.mapping.cascade)
-    return mapped, rows + accuracy_rows("mapped", mapped.load_into(template), data)
+    rows = accuracy_rows(stage, template, data)
+    mapped = mapping_of(cfg, template, masks, rules_for(cfg, template, ratios))
+    prefix = "" if stage == "admm" else f"{stage}-"
+    return mapped, rows + accuracy_rows(f"{prefix}mapped", mapped.load_into(template), data)
 
 
-def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork,
-                on_epoch_end: EpochCallback = None):
-    """-> (retrained MappedNetwork, accuracy rows)."""
+def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork, *, method: str | None = None,
+                stage: str = "retrain", on_epoch_end: EpochCallback = None):
+    """-> (retrained MappedNetwork, accuracy rows). The magnitude method retrains for
+    admm.epochs + retrain.epochs epochs: the same budget ADMM spends after pretraining."""
     set_torch_threads()
     template = template_for(cfg, data)
     r = cfg.retrain
-    final, _ = retrain(template, mapped, data, epochs=r.epochs, lr=r.lr, optimizer=r.optimizer,
+    epochs = r.epochs + (cfg.admm.epochs if (method or cfg.admm.method) == "magnitude" else 0)
+    final, _ = retrain(template, mapped, data, epochs=epochs, lr=r.lr, optimizer=r.optimizer,
                        momentum=r.momentum, weight_decay=r.weight_decay,
-                       batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end)
-    return final, accuracy_rows("retrain", final.load_into(template), data)
+                       batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end,
+                       runtime=runtime_for(cfg, cfg.resources.gpus_per_task))
+    return final, accuracy_rows(stage, final.load_into(template), data)
+
+
+def run_magnitude_baseline(cfg: Config, data: DataSplits, state: dict, ratios: dict):
+    """The obvious method at the same ratios and training budget -> (MappedNetwork, accuracy rows)."""
+    magnitude = cfg.model_copy(update={"admm": cfg.admm.model_copy(update={"method": "magnitude"})})
+    projected, masks, _ = run_admm(magnitude, data, state, rho=0.0, ratios=ratios)
+    mapped, rows = run_map(magnitude, data, projected, masks, ratios, stage="magnitude")
+    final, retrain_rows = run_retrain(magnitude, data, mapped, stage="magnitude-retrain")
+    return final, rows + retrain_rows
 
 
 def run_montecarlo_chunk(cfg: Config, data: DataSplits, mapped: MappedNetwork, scenario: Scenario,

@@ -23,10 +23,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from pipeline.config import Config
-from pipeline.steps import default_ratios, run_admm
+from pipeline.steps import admm_iterations, default_ratios, effective_ratios, run_admm, template_for
 from stages.data import DataSplits
-
-STRUCTURES = ("filter", "shape", "irregular")
+from stages.models import LayerGraph, layer_graph
+from stages.projections import STRUCTURES
 
 
 def search_space(cfg: Config) -> dict:
@@ -41,7 +41,7 @@ def search_space(cfg: Config) -> dict:
 
 
 def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict) -> None:
-    last_epoch = cfg.admm.epochs - 1
+    last_epoch = admm_iterations(cfg) - 1
 
     def report(metrics: dict) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "stage"}
@@ -57,11 +57,12 @@ def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict) -> None
 
 
 def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str):
-    """Run the Tuner; returns (projected state, masks, tune rows, chosen trial id)."""
+    """Run the Tuner; returns (projected state, masks, tune rows, chosen trial's ratios)."""
+    iterations = admm_iterations(cfg)
     trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state),
-                                    {"cpu": cfg.resources.cpus_per_trial})
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.admm.epochs,
-                               grace_period=min(cfg.tune.grace_period, cfg.admm.epochs),
+                                    {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=iterations,
+                               grace_period=min(cfg.tune.grace_period, iterations),
                                reduction_factor=cfg.tune.reduction_factor)
                  if cfg.tune.early_stopping == "asha" else FIFOScheduler())
     tuner = tune.Tuner(
@@ -74,28 +75,30 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
                                   failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
     finished = [r for r in grid if r.error is None and r.checkpoint is not None
-                and r.metrics.get("training_iteration") == cfg.admm.epochs]
+                and r.metrics.get("training_iteration") == iterations]
     if not finished:
         errors = "; ".join(str(r.error) for r in grid if r.error is not None)
-        raise RuntimeError(f"no ADMM trial finished all {cfg.admm.epochs} epochs ({errors or 'none failed'})")
+        raise RuntimeError(f"no compression trial finished all {iterations} epochs ({errors or 'none failed'})")
     chosen = max(finished, key=lambda r: r.metrics["score"])
     with chosen.checkpoint.as_directory() as folder:
         saved = torch.load(os.path.join(folder, "admm.pt"), map_location="cpu", weights_only=True)
-    rows = tune_rows(cfg, grid, chosen.metrics["trial_id"])
-    return saved["model"], saved["masks"], rows, chosen.metrics["trial_id"]
+    graph = layer_graph(template_for(cfg, data))
+    rows = tune_rows(cfg, grid, chosen.metrics["trial_id"], graph)
+    return saved["model"], saved["masks"], rows, chosen.config["ratios"]
 
 
-def tune_rows(cfg: Config, grid, chosen_id: str) -> list[dict]:
-    """One `tune` row per trial and layer."""
+def tune_rows(cfg: Config, grid, chosen_id: str, graph: LayerGraph) -> list[dict]:
+    """One `tune` row per trial and crossbar layer, with the ratios that layer really had."""
     rows = []
+    iterations = admm_iterations(cfg)
     for result in grid:
         m = result.metrics or {}
         params = result.config or {}
         epochs = int(m.get("training_iteration", 0))
         status = ("failed" if result.error is not None else
-                  "completed" if epochs == cfg.admm.epochs else "stopped")
+                  "completed" if epochs == iterations else "stopped")
         trial_id = m.get("trial_id") or os.path.basename(str(result.path))
-        for layer, ratios in sorted(params.get("ratios", {}).items()):
+        for layer, ratios in effective_ratios(cfg, graph, params.get("ratios", {})).items():
             rows.append({
                 "trial_id": trial_id, "layer": layer, "rho": float(params.get("rho", float("nan"))),
                 **{f"{s}_ratio": float(ratios.get(s, 0.0)) for s in STRUCTURES},

@@ -21,13 +21,17 @@ import torch
 from torch import nn
 
 from stages.data import DataSplits
-from stages.models import crossbar_layers, gemm
+from stages.models import LayerGraph, crossbar_layers, gemm, layer_graph, zero_pruned_channels
 from stages.projections import LayerRule, project
-from stages.train import EpochCallback, evaluate, make_optimizer, train_one_epoch
+from stages.train import (EpochCallback, Runtime, epoch_options, evaluate, make_optimizer,
+                          train_one_epoch)
 
 
-def hard_project(model: nn.Module, rules: dict[str, LayerRule]) -> dict[str, torch.Tensor]:
-    """Project each ruled layer's weight in place (and zero pruned filters' biases); returns masks."""
+def hard_project(model: nn.Module, rules: dict[str, LayerRule],
+                 graph: LayerGraph | None = None) -> dict[str, torch.Tensor]:
+    """Project each ruled layer's weight in place, zero pruned filters' biases and BatchNorm
+    affine parameters; returns the masks {layer: (out, in) bool}."""
+    graph = graph or layer_graph(model)
     layers = crossbar_layers(model)
     masks = {}
     with torch.no_grad():
@@ -35,9 +39,8 @@ def hard_project(model: nn.Module, rules: dict[str, LayerRule]) -> dict[str, tor
             module = layers[name]
             z, mask = project(gemm(module.weight), rule)
             module.weight.copy_(z.reshape(module.weight.shape))
-            if module.bias is not None:
-                module.bias.mul_(mask.any(dim=1).to(module.bias.dtype))
             masks[name] = mask
+    zero_pruned_channels(model, {n: m.any(dim=1) for n, m in masks.items()}, graph)
     return masks
 
 
@@ -46,15 +49,16 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                batch_size: int, rho: float, rho_multiplier: float, rho_every: int, seed: int,
                on_epoch_end: EpochCallback = None,
                projected_metrics: Callable[[nn.Module, dict], dict] | None = None,
-               ) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
+               runtime: Runtime = Runtime()) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
     """Run ADMM from a trained model; returns (hard-projected model, masks, metrics).
 
     on_epoch_end receives, each epoch, the validation accuracy of a hard-projected
     copy (`val_accuracy`), the primal residual sum ||W - Z||^2, rho, and whatever
     projected_metrics(projected_model, masks) adds (compression, crossbars).
     """
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model).to(runtime.device)
     layers = crossbar_layers(model)
+    graph = layer_graph(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         Z = {n: project(gemm(layers[n].weight), r)[0].clone() for n, r in rules.items()}
@@ -74,7 +78,7 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
             opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
                                  weight_decay=weight_decay)
         loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
-                               generator=generator, extra_loss=penalty)
+                               generator=generator, extra_loss=penalty, **epoch_options(data, runtime))
         with torch.no_grad():
             residual = 0.0
             for n, r in rules.items():
@@ -83,14 +87,15 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                 U[n] += w - Z[n]
                 residual += (w - Z[n]).pow(2).sum().item()
         projected = copy.deepcopy(model)
-        projected_masks = hard_project(projected, rules)
+        projected_masks = hard_project(projected, rules, graph)
+        projected_masks = {n: m.cpu() for n, m in projected_masks.items()}
         metrics = {"stage": "admm", "epoch": epoch, "loss": loss, "rho": state["rho"],
                    "primal_residual": residual,
                    "val_accuracy": evaluate(projected, data.x_val, data.y_val),
                    "elapsed_s": time.perf_counter() - started}
         if projected_metrics is not None:
-            metrics.update(projected_metrics(projected, projected_masks))
+            metrics.update(projected_metrics(projected.cpu(), projected_masks))
         if on_epoch_end is not None:
             on_epoch_end(metrics)
-    masks = hard_project(model, rules)
-    return model, masks, metrics
+    masks = hard_project(model, rules, graph)
+    return model.cpu(), {n: m.cpu() for n, m in masks.items()}, metrics

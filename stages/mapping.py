@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hardware import MappingSpec, physical_crossbars, tiles
-from stages.models import cascade_pairs, crossbar_layers, gemm, input_channel_groups
+from hardware import MappingSpec, compact, occupied_tiles, tiles
+from stages.models import (LayerGraph, crossbar_layers, gemm, input_channel_groups, layer_graph,
+                           zero_pruned_channels)
 from stages.projections import quantize, weights_from_levels
 
 
@@ -33,6 +34,7 @@ class MappedLayer:
     keep_in: torch.Tensor           # (in,) bool: wordlines kept, after the cascade
     keep_in_shape: torch.Tensor     # (in,) bool: wordlines kept by this layer's own pruning
     mask: torch.Tensor              # (out, in) bool: weights that may be non-zero (non-zero levels of the kept block)
+    block_tiles: int | None = None  # block pruning: tiles of the compacted matrix that survive
 
     def weight(self) -> torch.Tensor:
         """Ideal weight in the module's shape."""
@@ -66,23 +68,27 @@ class MappedNetwork:
         return model
 
 
-def _cascade(model: nn.Module, keep_out: dict, keep_in: dict) -> dict:
+def _cascade(model: nn.Module, graph: LayerGraph, keep_out: dict, keep_in: dict) -> dict:
     """Remove consumer inputs fed by pruned producer outputs."""
     result = dict(keep_in)
     layers = crossbar_layers(model)
-    for producer, consumer in cascade_pairs(model):
+    for producer, consumer in graph.cascade_pairs():
         group = input_channel_groups(gemm(layers[consumer].weight).shape[1], keep_out[producer].numel())
         result[consumer] = result[consumer] & keep_out[producer].repeat_interleave(group)
     return result
 
 
 def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: int,
-                cascade: bool = True) -> MappedNetwork:
+                cascade: bool = True, block_tile: tuple[int, int] | None = None,
+                block_layers: frozenset[str] = frozenset()) -> MappedNetwork:
     """Quantize every crossbar layer onto levels inside its structured mask.
 
     masks: {layer: (out, in) bool} from ADMM; layers without one keep everything.
+    block_layers were block-pruned on (xbar_rows, xbar_cols) = block_tile tiles: their
+    crossbars are the surviving tiles, not the product of kept rows and columns.
     """
     model = copy.deepcopy(model)
+    graph = layer_graph(model)
     layers = crossbar_layers(model)
     keep_out, keep_in_shape = {}, {}
     for name, module in layers.items():
@@ -90,7 +96,7 @@ def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: i
         mask = masks.get(name, torch.ones_like(w, dtype=torch.bool))
         keep_out[name] = mask.any(dim=1)
         keep_in_shape[name] = mask.any(dim=0)
-    keep_in = _cascade(model, keep_out, keep_in_shape) if cascade else dict(keep_in_shape)
+    keep_in = _cascade(model, graph, keep_out, keep_in_shape) if cascade else dict(keep_in_shape)
     mapped = {}
     with torch.no_grad():
         for name, module in layers.items():
@@ -98,17 +104,19 @@ def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: i
             mask = keep_out[name][:, None] & keep_in[name][None, :]
             if name in masks:
                 mask &= masks[name]   # irregular zeros inside the kept block stay zero
+            blocks = None
+            if name in block_layers:
+                blocks = occupied_tiles(compact(mask, keep_out[name], keep_in[name]), *block_tile)
             levels, alpha = quantize(w, mask, weight_bits)
             # as in the ADMM line's masked retraining, weights that project to zero stay zero:
             # the retraining mask is the non-zero pattern (their devices still exist, at g_min)
             mask = mask & (levels != 0)
             layer = MappedLayer(name, "conv2d" if isinstance(module, nn.Conv2d) else "linear",
                                 tuple(module.weight.shape), levels, alpha, keep_out[name],
-                                keep_in[name], keep_in_shape[name], mask)
+                                keep_in[name], keep_in_shape[name], mask, blocks)
             module.weight.copy_(layer.weight())
-            if module.bias is not None:
-                module.bias.mul_(keep_out[name].to(module.bias.dtype))
             mapped[name] = layer
+    zero_pruned_channels(model, keep_out, graph)
     return MappedNetwork(mapped, copy.deepcopy(model.state_dict()), weight_bits)
 
 
@@ -118,6 +126,7 @@ def requantize(model: nn.Module, mapped: MappedNetwork) -> MappedNetwork:
     layers = crossbar_layers(model)
     max_level = 2 ** (mapped.weight_bits - 1) - 1
     new_layers = {}
+    zero_pruned_channels(model, {n: l.keep_out for n, l in mapped.layers.items()}, layer_graph(model))
     with torch.no_grad():
         for name, old in mapped.layers.items():
             module = layers[name]
@@ -127,8 +136,6 @@ def requantize(model: nn.Module, mapped: MappedNetwork) -> MappedNetwork:
             layer = copy.copy(old)
             layer.levels = levels
             module.weight.copy_(layer.weight())
-            if module.bias is not None:
-                module.bias.mul_(old.keep_out.to(module.bias.dtype))
             new_layers[name] = layer
     return MappedNetwork(new_layers, copy.deepcopy(model.state_dict()), mapped.weight_bits,
                          dict(mapped.extra))
@@ -144,6 +151,9 @@ def layer_rows(mapped: MappedNetwork, spec: MappingSpec, baseline_bits: int) -> 
             s = spec.with_weight_bits(baseline_bits if dense else mapped.weight_bits)
             kept_out = out_dim if dense else int(layer.keep_out.sum())
             kept_in = in_dim if dense else int(layer.keep_in.sum())
+            n_tiles = tiles(kept_in, kept_out, s.xbar_rows, s.xbar_cols)
+            if not dense and layer.block_tiles is not None:
+                n_tiles = layer.block_tiles
             rows.append({
                 "variant": variant, "layer": name, "layer_type": layer.layer_type,
                 "weight_shape": list(layer.weight_shape), "gemm_out": out_dim, "gemm_in": in_dim,
@@ -154,7 +164,7 @@ def layer_rows(mapped: MappedNetwork, spec: MappingSpec, baseline_bits: int) -> 
                 "nonzeros": out_dim * in_dim if dense else int((layer.levels != 0).sum()),
                 "weight_bits": s.weight_bits, "cell_bits": s.cell_bits, "slices": s.slices,
                 "polarity": s.polarity, "xbar_rows": s.xbar_rows, "xbar_cols": s.xbar_cols,
-                "tiles": tiles(kept_in, kept_out, s.xbar_rows, s.xbar_cols),
-                "crossbars": physical_crossbars(kept_in, kept_out, s),
+                "tiles": n_tiles,
+                "crossbars": n_tiles * s.slices * s.polarity,
             })
     return rows

@@ -8,16 +8,23 @@ wordlines (rows), outputs are read on bitlines (columns).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.nn import functional as F
 
 from stages.errors import StageError
 
-MODELS = ("mlp", "convnet")
-# Modules that pass channels through one to one, so a pruned output channel
-# of the layer before them is a dead input channel of the layer after them.
-_CHANNEL_PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+MODELS = ("mlp", "convnet", "lenet5", "vgg16", "resnet18")
+# Modules and functions that pass channels through one to one, so a pruned output
+# channel of the layer before them is a dead input channel of the layer after them.
+_CHANNEL_PRESERVING = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                       nn.Flatten, nn.Dropout, nn.Identity)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)   # preserving once the pruned channel's gamma, beta are 0
+_PRESERVING_FUNCTIONS = {F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                         torch.flatten, F.dropout}
+_PRESERVING_METHODS = {"relu", "flatten"}
 
 
 def mlp(in_features: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -56,6 +63,10 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
 
 
 def _build(name, input_shape, num_classes, hidden) -> nn.Module:
+    from stages import zoo   # the paper models; zoo imports this module's helpers
+
+    if name in zoo.MODELS:
+        return zoo.build_zoo_model(name, input_shape=input_shape, num_classes=num_classes)
     if name == "mlp":
         features = 1
         for d in input_shape:
@@ -78,26 +89,84 @@ def gemm(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def cascade_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(producer, consumer) pairs where a pruned producer output removes consumer inputs.
+@dataclass(frozen=True)
+class LayerGraph:
+    """What a pruned output channel of each crossbar layer touches, from the torch.fx graph.
 
-    Found by walking the modules in order: two crossbar layers joined only by
-    channel-preserving modules (ReLU, pooling, flatten, dropout) form a pair.
-    Anything else between them (batch norm, a residual join) breaks the chain,
-    so no cascade is claimed where the graph does not allow it.
+    consumers[p]: crossbar layers fed by p's output through channel-preserving
+        ops only (ReLU, BatchNorm, pooling, flatten, dropout): p's pruned filters
+        are dead inputs there (the cascade).
+    norms[p]: BatchNorms on those paths; a pruned filter zeroes their gamma and
+        beta for its channel so the channel stays exactly zero.
+    filter_prunable: layers whose output reaches nothing else. A layer whose
+        output joins a residual addition, a concatenation, a reshape or the model's
+        output is excluded from filter pruning: removing its channels would change
+        the joined tensor, not just drop dead ones. Shape pruning works everywhere.
     """
-    pairs = []
-    previous = None
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            if previous is not None:
-                pairs.append((previous, name))
-            previous = name
-        elif isinstance(module, _CHANNEL_PRESERVING) or len(list(module.children())) > 0:
+
+    order: tuple[str, ...]
+    consumers: dict[str, tuple[str, ...]]
+    norms: dict[str, tuple[str, ...]]
+    filter_prunable: frozenset[str]
+
+    def cascade_pairs(self) -> list[tuple[str, str]]:
+        return [(p, c) for p in self.order if p in self.filter_prunable for c in self.consumers[p]]
+
+
+def layer_graph(model: nn.Module) -> LayerGraph:
+    """Trace `model` with torch.fx and find each crossbar layer's channel consumers.
+
+    A model that torch.fx cannot trace gets no cascade and no filter pruning.
+    """
+    layers = crossbar_layers(model)
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: no graph to reason with
+        return LayerGraph(tuple(layers), {n: () for n in layers}, {n: () for n in layers}, frozenset())
+    modules = dict(traced.named_modules())
+    order = tuple(n.target for n in traced.graph.nodes
+                  if n.op == "call_module" and n.target in layers)
+    consumers, norms, prunable = {}, {}, set()
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or node.target not in layers:
             continue
-        else:
-            previous = None
-    return pairs
+        found, bns, blocked = [], [], False
+        frontier = list(node.users)
+        while frontier and not blocked:
+            user = frontier.pop()
+            if user.op == "call_module" and user.target in layers:
+                found.append(user.target)
+                continue
+            if user.op == "call_module" and isinstance(modules[user.target], _CHANNEL_PRESERVING + _NORMS):
+                if isinstance(modules[user.target], _NORMS):
+                    bns.append(user.target)
+            elif not (user.op == "call_function" and user.target in _PRESERVING_FUNCTIONS
+                      or user.op == "call_method" and user.target in _PRESERVING_METHODS):
+                blocked = True
+                break
+            frontier.extend(user.users)
+        consumers[node.target] = () if blocked else tuple(dict.fromkeys(found))
+        norms[node.target] = () if blocked else tuple(dict.fromkeys(bns))
+        if not blocked and found:
+            prunable.add(node.target)
+    return LayerGraph(order, consumers, norms, frozenset(prunable))
+
+
+def cascade_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(producer, consumer) pairs where a pruned producer output removes consumer inputs."""
+    return layer_graph(model).cascade_pairs()
+
+
+def zero_pruned_channels(model: nn.Module, keep_out: dict[str, torch.Tensor], graph: LayerGraph) -> None:
+    """Zero the bias of each pruned filter, and gamma and beta of the BatchNorms after it."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, keep in keep_out.items():
+            params = [modules[name].bias] + [p for bn in graph.norms.get(name, ()) if modules[bn].affine
+                                             for p in (modules[bn].weight, modules[bn].bias)]
+            for p in params:
+                if p is not None:
+                    p.mul_(keep.to(device=p.device, dtype=p.dtype))
 
 
 def input_channel_groups(consumer_in: int, producer_out: int) -> int:

@@ -4,11 +4,13 @@ Every function works on a GEMM matrix W of shape (out, in). Structures:
 
 - filter:    rows of W (output channels)  -> one bitline fewer each
 - shape:     columns of W (input positions) -> one wordline fewer each
+- block:     tile-aligned xbar_cols x xbar_rows blocks of W (after the kept rows and
+             columns are compacted, so each block is one physical crossbar) -> one crossbar fewer
 - irregular: single weights (comparison only; saves no crossbar)
 
 A prune ratio is the fraction of structures removed. The projection keeps the
 structures of largest L2 norm (the exact projection for one structure type);
-combined types are applied in the order filter, shape, irregular. The kept
+combined types are applied in the order filter, shape, block, irregular. The kept
 weights are then projected onto the quantization levels alpha * n,
 |n| <= 2**(bits-1)-1, with alpha fitted by alternating rounding and least
 squares (Ye et al., arXiv 1811.01907; ADMM-NN); pruned zeros stay out of it.
@@ -22,7 +24,9 @@ import torch
 
 from stages.errors import StageError
 
-STRUCTURES = ("filter", "shape", "irregular")
+from hardware import compact, expand, tile_slices
+
+STRUCTURES = ("filter", "shape", "block", "irregular")
 
 
 @dataclass(frozen=True)
@@ -31,20 +35,24 @@ class LayerRule:
 
     filter: float = 0.0
     shape: float = 0.0
+    block: float = 0.0
     irregular: float = 0.0
     weight_bits: int | None = None   # None: no quantization constraint
+    tile: tuple[int, int] | None = None   # (xbar_rows, xbar_cols), needed by block pruning
 
     def __post_init__(self):
         for field in STRUCTURES:
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
                 raise StageError(f"{field} ratio: got {value}; allowed: a fraction in [0, 1)")
+        if self.block > 0 and self.tile is None:
+            raise StageError(f"block ratio {self.block} needs the crossbar size (tile); got none")
         if self.weight_bits is not None and self.weight_bits < 2:
             raise StageError(f"weight_bits: got {self.weight_bits}; allowed: an integer >= 2")
 
     @property
     def prunes(self) -> bool:
-        return self.filter > 0 or self.shape > 0 or self.irregular > 0
+        return any(getattr(self, s) > 0 for s in STRUCTURES)
 
 
 def kept_count(n: int, ratio: float) -> int:
@@ -75,6 +83,18 @@ def irregular_mask(w: torch.Tensor, ratio: float) -> torch.Tensor:
     return top_k_mask(w.abs().flatten(), kept_count(w.numel(), ratio)).reshape(w.shape)
 
 
+def block_mask(w: torch.Tensor, ratio: float, xbar_rows: int, xbar_cols: int) -> torch.Tensor:
+    """(out, in) bool: the tile-aligned blocks (xbar_cols outputs x xbar_rows inputs) of
+    largest Frobenius norm; each block is one crossbar (inputs drive its rows)."""
+    tiles = tile_slices(w.shape[1], w.shape[0], xbar_rows, xbar_cols)   # (in-range, out-range) each
+    scores = torch.stack([w[o, i].norm() for i, o in tiles])
+    keep = top_k_mask(scores, kept_count(len(tiles), ratio))
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    for (i, o), kept in zip(tiles, keep.tolist()):
+        mask[o, i] = kept
+    return mask
+
+
 def prune_mask(w: torch.Tensor, rule: LayerRule) -> torch.Tensor:
     """(out, in) bool mask of the weights kept by `rule`'s structures."""
     mask = torch.ones_like(w, dtype=torch.bool)
@@ -82,6 +102,10 @@ def prune_mask(w: torch.Tensor, rule: LayerRule) -> torch.Tensor:
         mask &= filter_mask(w, rule.filter)[:, None]
     if rule.shape > 0:
         mask &= shape_mask(w * mask, rule.shape)[None, :]
+    if rule.block > 0:
+        rows, cols = mask.any(dim=1), mask.any(dim=0)
+        blocks = block_mask(compact(w, rows, cols), rule.block, *rule.tile)
+        mask &= expand(blocks, rows, cols).to(torch.bool)
     if rule.irregular > 0:
         mask &= irregular_mask(w * mask, rule.irregular)
     return mask

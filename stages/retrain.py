@@ -18,8 +18,9 @@ from torch.nn.utils import parametrize
 
 from stages.data import DataSplits
 from stages.mapping import MappedNetwork, requantize
-from stages.models import crossbar_layers
-from stages.train import EpochCallback, evaluate, make_optimizer, train_one_epoch
+from stages.models import crossbar_layers, layer_graph, zero_pruned_channels
+from stages.train import (EpochCallback, Runtime, epoch_options, evaluate, make_optimizer,
+                          train_one_epoch)
 
 
 class OnLevels(nn.Module):
@@ -54,18 +55,17 @@ def _detach(model: nn.Module) -> None:
 
 def retrain(template: nn.Module, mapped: MappedNetwork, data: DataSplits, *, epochs: int,
             lr: float, optimizer: str, momentum: float, weight_decay: float, batch_size: int,
-            seed: int, on_epoch_end: EpochCallback = None) -> tuple[MappedNetwork, dict]:
+            seed: int, on_epoch_end: EpochCallback = None,
+            runtime: Runtime = Runtime()) -> tuple[MappedNetwork, dict]:
     """Retrain the mapped network with masks and levels fixed; returns the best-on-val mapping."""
     model = mapped.load_into(template)
     _attach(model, mapped)
-    layers = crossbar_layers(model)
-    bias_masks = {n: l.keep_out.to(torch.float32) for n, l in mapped.layers.items()
-                  if layers[n].bias is not None}
+    model.to(runtime.device)
+    graph = layer_graph(template)
+    keep_out = {n: l.keep_out for n, l in mapped.layers.items()}
 
     def zero_pruned_biases() -> None:
-        with torch.no_grad():
-            for n, m in bias_masks.items():
-                layers[n].bias.mul_(m)
+        zero_pruned_channels(model, keep_out, graph)
 
     opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay)
@@ -75,7 +75,8 @@ def retrain(template: nn.Module, mapped: MappedNetwork, data: DataSplits, *, epo
     best = copy.deepcopy(model)
     for epoch in range(epochs):
         loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
-                               generator=generator, after_step=zero_pruned_biases)
+                               generator=generator, after_step=zero_pruned_biases,
+                               **epoch_options(data, runtime))
         sched.step()
         val_acc = evaluate(model, data.x_val, data.y_val)
         if val_acc > best_acc:
@@ -83,4 +84,4 @@ def retrain(template: nn.Module, mapped: MappedNetwork, data: DataSplits, *, epo
         if on_epoch_end is not None:
             on_epoch_end({"stage": "retrain", "epoch": epoch, "loss": loss, "val_accuracy": val_acc})
     _detach(best)
-    return requantize(best, mapped), {"val_accuracy": best_acc}
+    return requantize(best.cpu(), mapped), {"val_accuracy": best_acc}

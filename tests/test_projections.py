@@ -93,3 +93,27 @@ def test_bad_rules_name_the_value(kwargs):
     with pytest.raises(StageError) as err:
         LayerRule(**kwargs)
     assert str(list(kwargs.values())[0]) in str(err.value)
+
+
+def test_block_projection_keeps_whole_tiles_of_the_compacted_matrix():
+    from hardware import compact, occupied_tiles
+    w = gaussian(300, 200)
+    z, mask = project(w, LayerRule(block=0.5, tile=(128, 128)))
+    assert occupied_tiles(mask, 128, 128) == kept_count(6, 0.5)   # 3 x 2 tiles, half kept
+    # with filter pruning first, blocks are tiles of the compacted kept rows and columns
+    z, mask = project(w, LayerRule(filter=0.5, block=0.5, tile=(64, 64)))
+    from stages.projections import filter_mask
+    rows = filter_mask(w, 0.5)
+    assert not mask[~rows].any()
+    packed = compact(mask, rows, torch.ones(200, dtype=torch.bool))
+    assert packed.shape == (150, 200)
+    assert occupied_tiles(packed, 64, 64) == kept_count(3 * 4, 0.5)
+    for i in range(0, 200, 64):                   # each tile is all kept or all removed
+        for o in range(0, 150, 64):
+            tile = packed[o:o + 64, i:i + 64]
+            assert tile.all() or not tile.any()
+
+
+def test_block_pruning_needs_the_tile():
+    with pytest.raises(StageError, match="tile"):
+        LayerRule(block=0.5)

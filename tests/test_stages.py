@@ -10,7 +10,7 @@ from stages.admm import admm_train
 from stages.data import load_digits
 from stages.errors import StageError
 from stages.mapping import MappedNetwork, layer_rows, map_network
-from stages.models import build_model, cascade_pairs, crossbar_layers
+from stages.models import build_model, cascade_pairs, crossbar_layers, layer_graph
 from stages.montecarlo import Scenario, run_trials, trial_seed
 from stages.projections import LayerRule
 from stages.retrain import retrain
@@ -57,7 +57,45 @@ def test_cascade_pairs_follow_the_graph():
     conv = build_model("convnet", input_shape=(1, 8, 8), num_classes=10, hidden=(4, 8))
     assert cascade_pairs(conv) == [("conv1", "conv2"), ("conv2", "fc")]
     bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    assert cascade_pairs(bn) == []
+    assert cascade_pairs(bn) == [("0", "2")]
+    assert layer_graph(bn).norms["0"] == ("1",)
+
+
+class Residual(torch.nn.Module):
+    """stem -> a -> b, with b's output added to the stem's: stem and b join the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.a = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = self.b(torch.relu(self.a(x)))
+        y = torch.relu(x + y)
+        return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_layers_joining_a_residual_sum_are_not_filter_prunable():
+    graph = layer_graph(Residual())
+    assert graph.filter_prunable == {"a"}            # stem and b feed the addition; head is the output
+    assert graph.cascade_pairs() == [("a", "b")]
+    assert graph.order == ("stem", "a", "b", "head")
+
+
+def test_pruned_filters_zero_their_batchnorm_so_the_channel_is_dead():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():
+        model[1].bias.fill_(0.5)
+    from stages.admm import hard_project
+    masks = hard_project(model, {"0": LayerRule(filter=0.5)})
+    dead = ~masks["0"].any(1)
+    model.eval()
+    hidden = model[:3](torch.randn(2, 1, 8, 8))
+    assert torch.all(hidden[:, dead] == 0) and torch.any(hidden[:, ~dead] != 0)
 
 
 def test_mapping_cascades_pruned_filters_into_the_next_layer(images):

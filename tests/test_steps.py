@@ -21,7 +21,7 @@ def test_preset_runs_in_process_and_its_rows_are_consistent(preset):
                                                ratios=steps.default_ratios(cfg), on_epoch_end=seen.append)
     assert [m["epoch"] for m in seen] == [0, 1]
     assert {"val_accuracy", "weight_compression", "crossbars", "score", "meets_target"} <= set(metrics)
-    mapped, rows = steps.run_map(cfg, data, projected, masks)
+    mapped, rows = steps.run_map(cfg, data, projected, masks, steps.default_ratios(cfg))
     final, retrain_rows = steps.run_retrain(cfg, data, mapped)
     mc = [r for s in steps.scenarios_for(cfg) for r in steps.run_montecarlo_chunk(cfg, data, final, s, [0, 1])]
     layers, hardware = layers_and_hardware(cfg, final)
