@@ -31,6 +31,7 @@ from pipeline.config import Config
 from pipeline.results import layers_and_hardware, summary_row
 from pipeline.tables import write_table
 from pipeline.tuning import run_search
+from stages.data import DataSplits
 
 log = logging.getLogger("memadmm")
 PACKAGES = ("memristor-admm", "torch", "torchvision", "ray", "pyarrow", "numpy", "pydantic")
@@ -51,48 +52,46 @@ def package_versions() -> dict[str, str]:
 
 
 # ---- stage tasks -------------------------------------------------------------------------
+# `model` is None for the config's architecture, else the caller's untrained module.
 
 @ray.remote(num_returns=2)
-def pretrain_task(cfg: Config, data):
-    state, rows = steps.run_pretrain(cfg, data)
-    return state, rows
-
-
-@ray.remote(num_returns=2)
-def admm_task(cfg: Config, data, state, storage_path: str, name: str):
-    model, masks, rows, ratios = run_search(cfg, data, state, storage_path, name)
-    return {"model": model, "masks": masks, "ratios": ratios}, {"tune": rows}
+def pretrain_task(cfg: Config, data, model):
+    return steps.run_pretrain(cfg, data, model=model)
 
 
 @ray.remote(num_returns=2)
-def map_task(cfg: Config, data, admm):
-    mapped, rows = steps.run_map(cfg, data, admm["model"], admm["masks"], admm["ratios"],
-                                 stage=cfg.admm.method)
-    return mapped, rows
+def admm_task(cfg: Config, data, model, state, storage_path: str, name: str):
+    compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model)
+    return {"model": compressed, "masks": masks, "ratios": ratios}, {"tune": rows}
+
+
+@ray.remote(num_returns=2)
+def map_task(cfg: Config, data, model, admm):
+    return steps.run_map(cfg, data, admm["model"], admm["masks"], admm["ratios"],
+                         stage=cfg.admm.method, model=model)
 
 
 @ray.remote
-def magnitude_task(cfg: Config, data, state, admm):
+def magnitude_task(cfg: Config, data, model, state, admm):
     """The magnitude baseline at the chosen ratios: its accuracy rows."""
-    return steps.run_magnitude_baseline(cfg, data, state, admm["ratios"])[1]
+    return steps.run_magnitude_baseline(cfg, data, state, admm["ratios"], model=model)[1]
 
 
 @ray.remote(num_returns=2)
-def retrain_task(cfg: Config, data, mapped):
-    final, rows = steps.run_retrain(cfg, data, mapped)
-    return final, rows
+def retrain_task(cfg: Config, data, model, mapped):
+    return steps.run_retrain(cfg, data, mapped, model=model)
 
 
 @ray.remote
-def montecarlo_task(cfg: Config, data, mapped, scenario, trials: list[int]):
-    return steps.run_montecarlo_chunk(cfg, data, mapped, scenario, trials)
+def montecarlo_task(cfg: Config, data, model, mapped, scenario, trials: list[int]):
+    return steps.run_montecarlo_chunk(cfg, data, mapped, scenario, trials, model=model)
 
 
 @ray.remote
 def tables_task(cfg: Config, rec: "Recorder", state, admm, mapped, final, accuracy, tune_rows, montecarlo):
     """Cost the final mapping, save the artifacts, write every table; returns the summary row."""
     layers, hardware = layers_and_hardware(cfg, final)
-    summary = summary_row(cfg, accuracy, layers, hardware, montecarlo)
+    summary = summary_row(cfg, accuracy, layers, hardware, montecarlo, model_name=rec.model_name)
     config = cfg.model_dump(mode="json")
     rec.artifact("pretrain", {"model": state, "config": config})
     rec.artifact("admm", {**admm, "config": config})
@@ -121,8 +120,8 @@ def connect(cfg: Config, address: str | None) -> None:
 class Recorder:
     """Writes the run's files under <root>/runs/<run_id>/ and its tables, through fsspec."""
 
-    def __init__(self, cfg: Config, run_id: str, preset: str):
-        self.cfg, self.run_id, self.preset = cfg, run_id, preset
+    def __init__(self, cfg: Config, run_id: str, preset: str, model_name: str):
+        self.cfg, self.run_id, self.preset, self.model_name = cfg, run_id, preset, model_name
         self.root = cfg.output.root.rstrip("/")
         self.base = f"{self.root}/runs/{run_id}"
         self.created_at = dt.datetime.now(dt.timezone.utc)
@@ -184,15 +183,22 @@ def _chunks(n: int, size: int) -> list[list[int]]:
 
 
 def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None = None,
-                 preset: str = "", on_montecarlo=None) -> dict:
-    """Run every stage on Ray; returns the summary row. Tables are under cfg.output.root."""
+                 preset: str = "", on_montecarlo=None, model: torch.nn.Module | None = None,
+                 data: DataSplits | None = None) -> dict:
+    """Run every stage on Ray; returns the summary row. Tables are under cfg.output.root.
+
+    From Python, `model` (an untrained torch.nn.Module whose Conv2d and Linear layers go on
+    crossbars; cfg.model is then ignored) and `data` (a stages.data.DataSplits) replace
+    the config's architecture and data set.
+    """
     run_id = run_id or new_run_id()
-    data = steps.data_for(cfg)
-    steps.check_layers(cfg, steps.template_for(cfg, data))
-    rec = Recorder(cfg, run_id, preset)
+    data = data if data is not None else steps.data_for(cfg)
+    steps.check_layers(cfg, steps.template_for(cfg, data, model))
+    name = type(model).__name__ if model is not None else cfg.model.name
+    rec = Recorder(cfg, run_id, preset, name)
     rec.start()
     try:
-        summary = _run(cfg, rec, data, address, on_montecarlo)
+        summary = _run(cfg, rec, data, model, address, on_montecarlo)
     except BaseException:
         rec.status("failed")
         raise
@@ -200,35 +206,35 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
     return {"run_id": run_id, **summary}
 
 
-def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
+def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dict:
     connect(cfg, address)
     cpus, gpus = cfg.resources.cpus_per_task, cfg.resources.gpus_per_task
-    data_ref = ray.put(data)
+    data_ref, model_ref = ray.put(data), ray.put(model)
 
     t = time.perf_counter()
-    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(cfg, data_ref)
+    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(cfg, data_ref, model_ref)
     accuracy = list(ray.get(pre_rows))
     rec.stage("pretrain", t)
 
     t = time.perf_counter()
     admm_ref, tune_report = admm_task.options(num_cpus=0).remote(
-        cfg, data_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}")
+        cfg, data_ref, model_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}")
     tune_report = ray.get(tune_report)
     rec.stage("admm", t)
 
     magnitude_ref = None
     if cfg.admm.compare_magnitude and cfg.admm.method == "admm":   # runs beside map and retrain
         magnitude_ref = magnitude_task.options(num_cpus=cpus, num_gpus=gpus).remote(
-            cfg, data_ref, state_ref, admm_ref)
+            cfg, data_ref, model_ref, state_ref, admm_ref)
 
     t = time.perf_counter()
-    mapped_ref, map_rows = map_task.options(num_cpus=cpus).remote(cfg, data_ref, admm_ref)
+    mapped_ref, map_rows = map_task.options(num_cpus=cpus).remote(cfg, data_ref, model_ref, admm_ref)
     accuracy += ray.get(map_rows)
     rec.stage("map", t)
 
     t = time.perf_counter()
     final_ref, retrain_rows = retrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(
-        cfg, data_ref, mapped_ref)
+        cfg, data_ref, model_ref, mapped_ref)
     accuracy += ray.get(retrain_rows)
     rec.stage("retrain", t)
     if magnitude_ref is not None:
@@ -237,10 +243,10 @@ def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
         rec.stage("magnitude", t)
 
     t = time.perf_counter()
-    pending = [montecarlo_task.options(num_cpus=cpus).remote(cfg, data_ref, final_ref, s, trials)
-               for s in steps.scenarios_for(cfg)
-               for trials in _chunks(cfg.montecarlo.trials, cfg.montecarlo.chunk_size)]
-    total = len(steps.scenarios_for(cfg)) * cfg.montecarlo.trials
+    scenarios = steps.scenarios_for(cfg)
+    pending = [montecarlo_task.options(num_cpus=cpus).remote(cfg, data_ref, model_ref, final_ref, s, trials)
+               for s in scenarios for trials in _chunks(cfg.montecarlo.trials, cfg.montecarlo.chunk_size)]
+    total = len(scenarios) * cfg.montecarlo.trials
     montecarlo: list[dict] = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -253,8 +259,7 @@ def _run(cfg: Config, rec: Recorder, data, address, on_montecarlo) -> dict:
     rec.stage("montecarlo", t)
 
     t = time.perf_counter()
-    summary = tables_task.options(num_cpus=cpus).remote(
-        cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo)
-    summary = ray.get(summary)
+    summary = ray.get(tables_task.options(num_cpus=cpus).remote(
+        cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo))
     rec.stage("tables", t)
     return summary

@@ -46,8 +46,11 @@ def runtime_for(cfg: Config, gpus: float) -> Runtime:
     return Runtime(device, cfg.resources.mixed_precision and device == "cuda")
 
 
-def template_for(cfg: Config, data: DataSplits) -> nn.Module:
-    """The untrained model; its initial weights depend on the run seed only."""
+def template_for(cfg: Config, data: DataSplits, model: nn.Module | None = None) -> nn.Module:
+    """The untrained model: `model` (a copy) when the caller brings one, else the config's
+    architecture, whose initial weights depend on the run seed only."""
+    if model is not None:
+        return copy.deepcopy(model).cpu()
     return build_model(cfg.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
                        hidden=cfg.model.hidden, seed=cfg.seed)
 
@@ -174,18 +177,19 @@ def score(val_accuracy: float, compression: float, target: float) -> float:
 
 # ---- stages ------------------------------------------------------------------------------
 
-def run_pretrain(cfg: Config, data: DataSplits, on_epoch_end: EpochCallback = None):
+def run_pretrain(cfg: Config, data: DataSplits, on_epoch_end: EpochCallback = None, *,
+                 model: nn.Module | None = None):
     """-> (state_dict, accuracy rows)."""
     set_torch_threads()
-    template = template_for(cfg, data)
+    template = template_for(cfg, data, model)
     p = cfg.pretrain
     state, _ = pretrain(template, data, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
                         momentum=p.momentum, weight_decay=p.weight_decay,
                         batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end,
                         runtime=runtime_for(cfg, cfg.resources.gpus_per_task))
-    model = copy.deepcopy(template)
-    model.load_state_dict(state)
-    return state, accuracy_rows("pretrain", model, data)
+    trained = copy.deepcopy(template)
+    trained.load_state_dict(state)
+    return state, accuracy_rows("pretrain", trained, data)
 
 
 def admm_iterations(cfg: Config) -> int:
@@ -194,14 +198,15 @@ def admm_iterations(cfg: Config) -> int:
 
 
 def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
-             ratios: dict[str, dict[str, float]], on_epoch_end: EpochCallback = None):
+             ratios: dict[str, dict[str, float]], on_epoch_end: EpochCallback = None,
+             model: nn.Module | None = None):
     """One compression run at (rho, ratios) -> (projected state_dict, masks, last epoch's metrics).
 
     method "admm": ADMM from the pretrained weights; "magnitude": the one-shot projection of
     the pretrained weights onto the same sets (L2 norms of the same structures).
     """
     set_torch_threads()
-    template = template_for(cfg, data)
+    template = template_for(cfg, data, model)
     template.load_state_dict(state)
     rules = rules_for(cfg, template, ratios)
     a = cfg.admm
@@ -218,26 +223,26 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
             on_epoch_end(metrics)
 
     if a.method == "magnitude":
-        model = copy.deepcopy(template)
-        masks = hard_project(model, rules)
+        pruned = copy.deepcopy(template)
+        masks = hard_project(pruned, rules)
         metrics = {"stage": "magnitude", "epoch": 0, "rho": 0.0,
-                   "val_accuracy": evaluate(model, data.x_val, data.y_val),
-                   **projected_metrics(model, masks)}
+                   "val_accuracy": evaluate(pruned, data.x_val, data.y_val),
+                   **projected_metrics(pruned, masks)}
         report(metrics)
-        return model.state_dict(), masks, metrics
-    model, masks, metrics = admm_train(
+        return pruned.state_dict(), masks, metrics
+    compressed, masks, metrics = admm_train(
         template, data, rules, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
         momentum=a.momentum, weight_decay=a.weight_decay, batch_size=cfg.data.batch_size,
         rho=rho, rho_multiplier=a.rho_multiplier, rho_every=a.rho_every, seed=cfg.seed,
         on_epoch_end=report, projected_metrics=projected_metrics,
         runtime=runtime_for(cfg, cfg.resources.gpus_per_trial))
-    return model.state_dict(), masks, metrics
+    return compressed.state_dict(), masks, metrics
 
 
 def run_map(cfg: Config, data: DataSplits, state: dict, masks: dict, ratios: dict,
-            stage: str = "admm"):
+            stage: str = "admm", *, model: nn.Module | None = None):
     """-> (MappedNetwork, accuracy rows of the compressed (`stage`) and mapped models)."""
-    template = template_for(cfg, data)
+    template = template_for(cfg, data, model)
     template.load_state_dict(state)
     rows = accuracy_rows(stage, template, data)
     mapped = mapping_of(cfg, template, masks, rules_for(cfg, template, ratios))
@@ -246,11 +251,12 @@ def run_map(cfg: Config, data: DataSplits, state: dict, masks: dict, ratios: dic
 
 
 def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork, *, method: str | None = None,
-                stage: str = "retrain", on_epoch_end: EpochCallback = None):
+                stage: str = "retrain", on_epoch_end: EpochCallback = None,
+                model: nn.Module | None = None):
     """-> (retrained MappedNetwork, accuracy rows). The magnitude method retrains for
     admm.epochs + retrain.epochs epochs: the same budget ADMM spends after pretraining."""
     set_torch_threads()
-    template = template_for(cfg, data)
+    template = template_for(cfg, data, model)
     r = cfg.retrain
     epochs = r.epochs + (cfg.admm.epochs if (method or cfg.admm.method) == "magnitude" else 0)
     final, _ = retrain(template, mapped, data, epochs=epochs, lr=r.lr, optimizer=r.optimizer,
@@ -260,21 +266,22 @@ def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork, *, method:
     return final, accuracy_rows(stage, final.load_into(template), data)
 
 
-def run_magnitude_baseline(cfg: Config, data: DataSplits, state: dict, ratios: dict):
+def run_magnitude_baseline(cfg: Config, data: DataSplits, state: dict, ratios: dict, *,
+                           model: nn.Module | None = None):
     """The obvious method at the same ratios and training budget -> (MappedNetwork, accuracy rows)."""
     magnitude = cfg.model_copy(update={"admm": cfg.admm.model_copy(update={"method": "magnitude"})})
-    projected, masks, _ = run_admm(magnitude, data, state, rho=0.0, ratios=ratios)
-    mapped, rows = run_map(magnitude, data, projected, masks, ratios, stage="magnitude")
-    final, retrain_rows = run_retrain(magnitude, data, mapped, stage="magnitude-retrain")
+    projected, masks, _ = run_admm(magnitude, data, state, rho=0.0, ratios=ratios, model=model)
+    mapped, rows = run_map(magnitude, data, projected, masks, ratios, stage="magnitude", model=model)
+    final, retrain_rows = run_retrain(magnitude, data, mapped, stage="magnitude-retrain", model=model)
     return final, rows + retrain_rows
 
 
 def run_montecarlo_chunk(cfg: Config, data: DataSplits, mapped: MappedNetwork, scenario: Scenario,
-                         trials: list[int]) -> list[dict]:
+                         trials: list[int], *, model: nn.Module | None = None) -> list[dict]:
     """`montecarlo` rows for some trials of one scenario, on the test split."""
     set_torch_threads()
     seeds = [trial_seed(cfg.seed, scenario.scenario_id, t) for t in trials]
-    accuracies = run_trials(template_for(cfg, data), mapped, spec_for(cfg), scenario, seeds,
+    accuracies = run_trials(template_for(cfg, data, model), mapped, spec_for(cfg), scenario, seeds,
                             data.x_test, data.y_test)
     return [{"scenario_id": scenario.scenario_id, "variation": scenario.variation,
              "sigma": scenario.sigma, "p_sa0": scenario.p_sa0, "p_sa1": scenario.p_sa1,

@@ -59,7 +59,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "tune": pa.schema([
         ("trial_id", pa.string()), ("layer", pa.string()), ("rho", pa.float64()),
         ("filter_ratio", pa.float64()), ("shape_ratio", pa.float64()),
-        ("irregular_ratio", pa.float64()), ("status", pa.string()), ("epochs", pa.int64()),
+        ("block_ratio", pa.float64()), ("irregular_ratio", pa.float64()), ("status", pa.string()), ("epochs", pa.int64()),
         ("val_accuracy", pa.float64()), ("weight_compression", pa.float64()),
         ("crossbars", pa.int64()), ("meets_target", pa.bool_()), ("score", pa.float64()),
         ("chosen", pa.bool_()),
@@ -70,9 +70,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", pa.int64()), ("accuracy", pa.float64()), ("n_samples", pa.int64()),
     ]),
     "summary": pa.schema([
-        ("model", pa.string()), ("dataset", pa.string()),
+        ("model", pa.string()), ("dataset", pa.string()), ("method", pa.string()),
         ("baseline_accuracy", pa.float64()), ("final_accuracy", pa.float64()),
-        ("accuracy_loss", pa.float64()), ("weight_compression", pa.float64()),
+        ("accuracy_loss", pa.float64()),
+        ("magnitude_accuracy", pa.float64()), ("admm_gain", pa.float64()), ("weight_compression", pa.float64()),
         ("weight_bits", pa.int64()), ("baseline_weight_bits", pa.int64()),
         ("storage_compression", pa.float64()),
         ("crossbars_dense", pa.int64()), ("crossbars_compressed", pa.int64()),
@@ -92,6 +93,9 @@ UNITS = {
     "weight_compression": "dense weights / non-zero weights of the compressed mapping, x",
     "storage_compression": "32-bit dense weight bits / compressed bits (levels + row/column masks + scales), x",
     "power_reduction": "1 - power_compressed_mw / power_dense_mw",
+    "magnitude_accuracy": "test accuracy of one-shot magnitude pruning at the chosen ratios and the "
+                          "same training budget (admm.compare_magnitude; null otherwise)",
+    "admm_gain": "final_accuracy - magnitude_accuracy",
     "area_reduction": "1 - area_compressed_mm2 / area_dense_mm2",
     "sigma": "programming variation, relative",
     "p_sa0": "probability a device is stuck at g_min", "p_sa1": "probability a device is stuck at g_max",

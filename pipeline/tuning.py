@@ -40,7 +40,7 @@ def search_space(cfg: Config) -> dict:
     return {"rho": rho, "ratios": ratios}
 
 
-def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict) -> None:
+def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict, model) -> None:
     last_epoch = admm_iterations(cfg) - 1
 
     def report(metrics: dict) -> None:
@@ -49,17 +49,17 @@ def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict) -> None
             tune.report(metrics)
 
     projected, masks, metrics = run_admm(cfg, data, state, rho=params["rho"],
-                                         ratios=params["ratios"], on_epoch_end=report)
+                                         ratios=params["ratios"], on_epoch_end=report, model=model)
     with tempfile.TemporaryDirectory() as folder:
         torch.save({"model": projected, "masks": masks}, os.path.join(folder, "admm.pt"))
         final = {k: v for k, v in metrics.items() if k != "stage"}
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str):
+def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str, model=None):
     """Run the Tuner; returns (projected state, masks, tune rows, chosen trial's ratios)."""
     iterations = admm_iterations(cfg)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state),
+    trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state, model=model),
                                     {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=iterations,
                                grace_period=min(cfg.tune.grace_period, iterations),
@@ -82,7 +82,7 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
     chosen = max(finished, key=lambda r: r.metrics["score"])
     with chosen.checkpoint.as_directory() as folder:
         saved = torch.load(os.path.join(folder, "admm.pt"), map_location="cpu", weights_only=True)
-    graph = layer_graph(template_for(cfg, data))
+    graph = layer_graph(template_for(cfg, data, model))
     rows = tune_rows(cfg, grid, chosen.metrics["trial_id"], graph)
     return saved["model"], saved["masks"], rows, chosen.config["ratios"]
 

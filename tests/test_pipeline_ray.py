@@ -15,7 +15,7 @@ from stages.montecarlo import Scenario, run_trials
 from pipeline import steps
 
 TINY = [
-    "tune.early_stopping=none", "model.hidden=[32, 32]", "pretrain.epochs=8", "admm.epochs=3", "admm.rho_every=1",
+    "tune.early_stopping=none", "admm.compare_magnitude=true", "model.hidden=[32, 32]", "pretrain.epochs=8", "admm.epochs=3", "admm.rho_every=1",
     "admm.target_compression=4", "tune.num_samples=2", "tune.grace_period=1",
     "retrain.epochs=2", "mapping.xbar_rows=16", "mapping.xbar_cols=16",
     "montecarlo.trials=4", "montecarlo.chunk_size=3",
@@ -71,7 +71,8 @@ def test_one_row_per_rules(run):
     assert len(t("runs")) == 1 and t("runs")["status"].item() == "succeeded"
     assert len(t("summary")) == 1
     acc = t("accuracy")
-    assert sorted(acc["stage"].unique()) == ["admm", "mapped", "pretrain", "retrain"]
+    assert sorted(acc["stage"].unique()) == ["admm", "magnitude", "magnitude-mapped", "magnitude-retrain",
+                                             "mapped", "pretrain", "retrain"]
     assert not acc.duplicated(["stage", "split"]).any()
     layers = t("layers")
     assert set(layers["variant"]) == {"dense", "compressed"} and len(layers) == 2 * 3
@@ -92,6 +93,7 @@ def test_summary_invariants(run):
     for key in ("baseline_accuracy", "final_accuracy"):
         assert 0 <= s[key] <= 1
     assert s["weight_compression"] > 1
+    assert s["admm_gain"] == pytest.approx(s["final_accuracy"] - s["magnitude_accuracy"])
     hardware = tiny(root, "hardware")
     dense = hardware[hardware.variant == "dense"]["power_mw"].sum()
     assert s["power_dense_mw"] == pytest.approx(dense)
@@ -119,7 +121,8 @@ def test_manifest_and_query(run):
     root, _ = run
     manifest = json.load(open(f"{root}/runs/tiny/manifest.json"))
     assert manifest["status"] == "succeeded"
-    assert set(manifest["stages"]) == {"pretrain", "admm", "map", "retrain", "montecarlo", "tables"}
+    assert set(manifest["stages"]) == {"pretrain", "admm", "map", "retrain", "magnitude",
+                                         "montecarlo", "tables"}
     result = CliRunner().invoke(main, ["query", root, "--table", "montecarlo", "--run-id", "tiny", "--where", "sigma > 0",
                                        "--format", "json"])
     assert result.exit_code == 0

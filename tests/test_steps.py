@@ -1,9 +1,12 @@
 """The stages driven by a Config, in-process (no Ray): the conv-net preset end to end."""
 
 import pytest
+import torch
 
 from pipeline import steps
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from stages.models import layer_graph
 from pipeline.results import layers_and_hardware, summary_row
 
 TINY = ["pretrain.epochs=3", "admm.epochs=2", "admm.rho_every=1", "retrain.epochs=1",
@@ -39,3 +42,47 @@ def test_preset_runs_in_process_and_its_rows_are_consistent(preset):
 def test_score_ranks_every_trial_that_meets_the_target_first():
     assert steps.score(0.5, 30, 25) > steps.score(0.99, 24.9, 25) > steps.score(0.99, 10, 25)
     assert -1 < steps.score(0.9, 1, 25) < 0
+
+
+class UserNet(torch.nn.Module):
+    """A model the config knows nothing of: a residual join, functional ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.inner = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.outer = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8 * 16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.outer(torch.relu(self.inner(x))))
+        return self.head(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1))
+
+
+def test_a_user_model_is_mapped_layer_by_layer():
+    cfg = load_config("quick-convnet", TINY + ["admm.layers={}", "tune.ratios={}",
+                                               "admm.all_layers={filter: 0.5, shape: 0.25}"])
+    data = steps.data_for(cfg)
+    model = UserNet()
+    steps.check_layers(cfg, steps.template_for(cfg, data, model))
+    state, _ = steps.run_pretrain(cfg, data, model=model)
+    ratios = steps.effective_ratios(cfg, layer_graph(model), {})
+    # first and last layers kept (the default); stem and outer join the residual sum
+    assert ratios["inner"] == {"filter": 0.5, "shape": 0.25, "block": 0.0, "irregular": 0.0}
+    assert ratios["outer"]["filter"] == 0.0 and ratios["outer"]["shape"] == 0.25
+    assert ratios["stem"]["filter"] == ratios["head"]["shape"] == 0.0
+    projected, masks, _ = steps.run_admm(cfg, data, state, rho=1e-3, ratios={}, model=model)
+    mapped, _ = steps.run_map(cfg, data, projected, masks, {}, model=model)
+    assert int(mapped.layers["inner"].keep_out.sum()) == 4
+    outer, alive = mapped.layers["outer"], mapped.layers["inner"].keep_out.repeat_interleave(9)
+    assert torch.equal(outer.keep_in, outer.keep_in_shape & alive)   # inner's pruned filters cascade
+    final, rows = steps.run_retrain(cfg, data, mapped, model=model)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_filter_pruning_where_the_graph_forbids_it_is_refused():
+    cfg = load_config("quick-convnet", ["admm.layers={stem: {filter: 0.5}}", "tune.ratios={}"])
+    data = steps.data_for(cfg)
+    with pytest.raises(ConfigError, match="admm.layers.stem.filter.*residual"):
+        steps.check_layers(cfg, steps.template_for(cfg, data, UserNet()))
