@@ -87,6 +87,91 @@ def print_summary(s: dict, root: str) -> None:
                   "(runs, accuracy, layers, hardware, tune, montecarlo, summary)")
 
 
+MODEL_PRESETS = {"mlp": "quick", "convnet": "quick-convnet", "lenet5": "lenet5-mnist",
+                 "vgg16": "vgg16-cifar10", "resnet18": "resnet18-cifar10"}
+
+
+@main.command()
+@click.option("--config", "source", default=None, help="preset or YAML file (default: --model's preset)")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="architecture; its paper preset gives data shape, mapping and hardware")
+@click.option("--checkpoint", default=None, help="state dict to take the weights from (default: initial weights)")
+@click.option("--compression", type=float, default=None, help="uniform weight compression target, x")
+@click.option("--keep", multiple=True, metavar="LAYER=FRACTION", help="fraction of a layer's weights kept")
+@click.option("--structure", type=click.Choice(["filter+shape", "shape", "block"]), default="filter+shape",
+              show_default=True, help="what pruning removes (see README)")
+@click.option("--weight-bits", type=int, default=None, help="compressed weight precision (mapping.weight_bits)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--run-id", default=None, help="run id of the written rows (default: estimate-<time stamp>)")
+@click.option("--no-write", is_flag=True, help="print only; write no tables")
+@user_errors
+def estimate(source, model_name, checkpoint, compression, keep, structure, weight_bits, overrides, fmt,
+             run_id, no_write) -> None:
+    """Crossbars, power and area of a model at given keep ratios and bits, without training."""
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.estimate import estimate as run_estimate
+    from pipeline.estimate import load_checkpoint, template_of
+    from pipeline.run import Recorder, new_run_id
+
+    if source is None and model_name is None:
+        raise UserError("estimate: give --model NAME or --config PRESET|FILE")
+    items = list(overrides)
+    if model_name is not None:
+        items.insert(0, f"model.name={model_name}")
+    if weight_bits is not None:
+        items.append(f"mapping.weight_bits={weight_bits}")
+    cfg = load_config(source or MODEL_PRESETS[model_name], items)
+    if (compression is None) == (not keep):
+        raise UserError("estimate: give exactly one of --compression X or --keep LAYER=FRACTION ...")
+    fractions = {}
+    for item in keep:
+        layer, sep, value = item.partition("=")
+        try:
+            fractions[layer] = float(value)
+        except ValueError:
+            raise UserError(f"--keep: got {item!r}; allowed: LAYER=FRACTION, e.g. conv2=0.1") from None
+        if not sep:
+            raise UserError(f"--keep: got {item!r}; allowed: LAYER=FRACTION, e.g. conv2=0.1")
+    model = template_of(cfg)
+    if checkpoint is not None:
+        model = load_checkpoint(model, checkpoint)
+    layers, hardware, summary = run_estimate(cfg, model=model, compression=compression, keep=fractions,
+                                             structure=structure)
+    if not no_write:
+        run_id = run_id or "estimate-" + new_run_id()
+        rec = Recorder(cfg, run_id, "estimate", cfg.model.name)
+        rec.start()
+        rec.table("layers", layers)
+        rec.table("hardware", hardware)
+        rec.table("summary", [{**summary, "dataset": cfg.data.name, "method": "estimate"}])
+        rec.status("succeeded")
+        summary["run_id"] = run_id
+    if fmt == "json":
+        click.echo(json.dumps(summary))
+        return
+    pct = lambda v: f"{100 * v:.2f} %"
+    t = Table(title=f"estimate: {cfg.model.name}, {structure}, {summary['weight_bits']}-bit "
+                    f"(dense {summary['baseline_weight_bits']}-bit), {summary['xbar_rows']}x{summary['xbar_cols']} "
+                    f"crossbars, {summary['hardware_preset']} costs")
+    t.add_column("quantity")
+    t.add_column("dense", justify="right")
+    t.add_column("compressed", justify="right")
+    t.add_column("reduction", justify="right")
+    t.add_row("weight compression", "", f"{summary['weight_compression']:.2f} x", "")
+    t.add_row("crossbars", str(summary["crossbars_dense"]), str(summary["crossbars_compressed"]),
+              pct(1 - summary["crossbars_compressed"] / summary["crossbars_dense"]))
+    t.add_row("power (mW)", f"{summary['power_dense_mw']:.1f}", f"{summary['power_compressed_mw']:.1f}",
+              pct(summary["power_reduction"]))
+    t.add_row("area (mm2)", f"{summary['area_dense_mm2']:.4f}", f"{summary['area_compressed_mm2']:.4f}",
+              pct(summary["area_reduction"]))
+    console.print(t)
+    if not no_write:
+        console.print(f"tables: {cfg.output.root.rstrip('/')}/tables/{{layers,hardware,summary}}/run_id={run_id}/")
+
+
 @main.command()
 @click.argument("config", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")

@@ -51,24 +51,15 @@ def montecarlo_stats(rows: list[dict]) -> list[dict]:
     return stats
 
 
-def summary_row(cfg: Config, accuracy: list[dict], layers: list[dict], hardware: list[dict],
-                montecarlo: list[dict], model_name: str | None = None) -> dict:
-    def test_acc(stage: str) -> float | None:
-        return next((r["accuracy"] for r in accuracy if r["stage"] == stage and r["split"] == "test"), None)
-
+def cost_summary(cfg: Config, layers: list[dict], hardware: list[dict]) -> dict:
+    """Weights, bits, crossbars, power and area, dense against compressed."""
     def total(rows, variant, key):
         return sum(r[key] for r in rows if r["variant"] == variant)
 
-    baseline, final = test_acc("pretrain"), test_acc("retrain")
     dense_bits, compressed_bits = storage_bits(layers)
     power_dense, power_comp = total(hardware, "dense", "power_mw"), total(hardware, "compressed", "power_mw")
     area_dense, area_comp = total(hardware, "dense", "area_mm2"), total(hardware, "compressed", "area_mm2")
-    magnitude = test_acc("magnitude-retrain")
     return {
-        "model": model_name or cfg.model.name, "dataset": cfg.data.name, "method": cfg.admm.method,
-        "baseline_accuracy": baseline, "final_accuracy": final, "accuracy_loss": baseline - final,
-        "magnitude_accuracy": magnitude,
-        "admm_gain": None if magnitude is None else final - magnitude,
         "weight_compression": total(layers, "dense", "weights") / max(total(layers, "compressed", "nonzeros"), 1),
         "weight_bits": cfg.mapping.weight_bits, "baseline_weight_bits": cfg.hardware.baseline_weight_bits,
         "storage_compression": dense_bits / compressed_bits,
@@ -78,5 +69,21 @@ def summary_row(cfg: Config, accuracy: list[dict], layers: list[dict], hardware:
         "power_reduction": 1 - power_comp / power_dense,
         "area_dense_mm2": area_dense, "area_compressed_mm2": area_comp,
         "area_reduction": 1 - area_comp / area_dense,
+    }
+
+
+def summary_row(cfg: Config, accuracy: list[dict], layers: list[dict], hardware: list[dict],
+                montecarlo: list[dict], model_name: str | None = None) -> dict:
+    def test_acc(stage: str) -> float | None:
+        return next((r["accuracy"] for r in accuracy if r["stage"] == stage and r["split"] == "test"), None)
+
+    baseline, final, magnitude = test_acc("pretrain"), test_acc("retrain"), test_acc("magnitude-retrain")
+    return {
+        "model": model_name or cfg.model.name, "dataset": cfg.data.name, "method": cfg.admm.method,
+        "baseline_accuracy": baseline, "final_accuracy": final,
+        "accuracy_loss": None if baseline is None or final is None else baseline - final,
+        "magnitude_accuracy": magnitude,
+        "admm_gain": None if magnitude is None or final is None else final - magnitude,
+        **cost_summary(cfg, layers, hardware),
         "montecarlo": montecarlo_stats(montecarlo),
     }

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from stages.errors import StageError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+# (image shape (C, H, W), classes) of each data set, for building models without loading data
+DATA_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10),
+               "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
 AUGMENTATIONS = ("none", "crop-flip")
 
 # Per-channel mean and std of the official training images, pixels scaled to

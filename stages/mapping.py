@@ -80,12 +80,14 @@ def _cascade(model: nn.Module, graph: LayerGraph, keep_out: dict, keep_in: dict)
 
 def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: int,
                 cascade: bool = True, block_tile: tuple[int, int] | None = None,
-                block_layers: frozenset[str] = frozenset()) -> MappedNetwork:
+                block_layers: frozenset[str] = frozenset(), quantized: bool = True) -> MappedNetwork:
     """Quantize every crossbar layer onto levels inside its structured mask.
 
     masks: {layer: (out, in) bool} from ADMM; layers without one keep everything.
     block_layers were block-pruned on (xbar_rows, xbar_cols) = block_tile tiles: their
     crossbars are the surviving tiles, not the product of kept rows and columns.
+    quantized=False maps structure only, for counting (memadmm estimate): every kept
+    weight is put on level 1 with alpha 1, so non-zeros are exactly the kept weights.
     """
     model = copy.deepcopy(model)
     graph = layer_graph(model)
@@ -107,7 +109,7 @@ def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: i
             blocks = None
             if name in block_layers:
                 blocks = occupied_tiles(compact(mask, keep_out[name], keep_in[name]), *block_tile)
-            levels, alpha = quantize(w, mask, weight_bits)
+            levels, alpha = quantize(w, mask, weight_bits) if quantized else (mask.to(torch.int32), 1.0)
             # as in the ADMM line's masked retraining, weights that project to zero stay zero:
             # the retraining mask is the non-zero pattern (their devices still exist, at g_min)
             mask = mask & (levels != 0)
