@@ -6,17 +6,18 @@ Conventions: a layer's weight is its GEMM matrix W of shape (out, in); the
 Imports only the standard library, numpy and torch.
 """
 
-from hardware.conductance import conductance_to_levels, levels_to_conductance
+from hardware.conductance import (conductance_to_levels, levels_to_conductance, read_noise_weight_variance,
+                                  reference_conductance)
 from hardware.cost import Component, CostTable, layer_cost, load_cost_table, per_crossbar_cost
 from hardware.crossbar import compact, expand, occupied_tiles, physical_crossbars, tile_slices, tiles
 from hardware.errors import HardwareError
 from hardware.spec import MappingSpec
-from hardware.variation import additive_variation, lognormal_variation, stuck_at_faults
+from hardware.variation import additive_variation, drift, lognormal_variation, read_noise, stuck_at_faults
 
 __all__ = [
     "MappingSpec", "HardwareError",
     "tiles", "physical_crossbars", "tile_slices", "occupied_tiles", "compact", "expand",
-    "levels_to_conductance", "conductance_to_levels",
-    "lognormal_variation", "additive_variation", "stuck_at_faults",
+    "levels_to_conductance", "conductance_to_levels", "reference_conductance", "read_noise_weight_variance",
+    "lognormal_variation", "additive_variation", "stuck_at_faults", "drift", "read_noise",
     "CostTable", "Component", "load_cost_table", "layer_cost", "per_crossbar_cost",
 ]

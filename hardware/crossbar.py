@@ -20,10 +20,14 @@ def tiles(kept_in: int, kept_out: int, xbar_rows: int, xbar_cols: int) -> int:
 
 
 def physical_crossbars(kept_in: int, kept_out: int, spec: MappingSpec) -> int:
-    """Physical arrays of a compacted layer: tiles * slices (bit slices) * polarity (G+ / G-)."""
+    """Physical arrays of a compacted layer: tiles * slices (bit slices) * polarity (G+ / G-).
+
+    Tiles are ceil(kept_in / xbar_rows) * ceil(kept_out / spec.data_cols): with
+    the "offset" scheme each crossbar spends one bitline on its reference column.
+    """
     if not isinstance(spec, MappingSpec):
         raise HardwareError(f"spec: got {type(spec).__name__}; allowed: a MappingSpec")
-    return tiles(kept_in, kept_out, spec.xbar_rows, spec.xbar_cols) * spec.slices * spec.polarity
+    return tiles(kept_in, kept_out, spec.xbar_rows, spec.data_cols) * spec.slices * spec.polarity
 
 
 def tile_slices(n_in: int, n_out: int, xbar_rows: int, xbar_cols: int) -> list[tuple[slice, slice]]:

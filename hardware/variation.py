@@ -1,8 +1,13 @@
 """Device non-idealities on conductance tensors (microsiemens, any shape, e.g. (P, S, out, in) or (B, P, S, out, in)).
 
-Every draw uses the caller's torch.Generator on G's device and dtype; nothing
-touches the global RNG, and a zero-strength call draws nothing.
+Programming (once per programmed array): lognormal or additive variation and
+stuck-at faults, clipped to [g_min_us, g_max_us]. After programming: drift
+over time and read noise per read, which are not clipped to that range (see
+each function). Every draw uses the caller's torch.Generator on G's device and
+dtype; nothing touches the global RNG, and a zero-strength call draws nothing.
 """
+
+import math
 
 import torch
 
@@ -62,3 +67,55 @@ def stuck_at_faults(G: torch.Tensor, p_sa0: float, p_sa1: float, generator: torc
     u = torch.rand(G.shape, generator=generator, device=G.device, dtype=G.dtype)
     stuck = torch.where(u < p_sa0, g_min, g_max).to(G.dtype)
     return torch.where(u < p_sa0 + p_sa1, stuck, G)
+
+
+def drift(G: torch.Tensor, nu_mean: float, nu_std: float, t_s: float, t0_s: float,
+          generator: torch.Generator) -> torch.Tensor:
+    """Conductance drift: G(t) = G * (t_s / t0_s) ** (-nu), one exponent nu per device.
+
+    G: conductances at t0_s (microsiemens), programmed at time 0 and read at
+    t_s >= t0_s > 0 seconds. nu ~ N(nu_mean, nu_std), clipped at >= 0 (drift
+    only lowers conductance; nu_mean >= 0, nu_std >= 0). nu_std == 0 uses
+    nu_mean for every device and draws nothing; otherwise one normal draw per
+    device of G, also when t_s == t0_s, so the generator moves the same way
+    whatever the time (the same seed gives the same nu at every t_s).
+
+    Not clipped to [g_min_us, g_max_us]: g_min_us is where programming stops,
+    not a floor of the physics, and a drifted device keeps decaying below it
+    (the read-back level falls below the programmed one: that is the error
+    drift causes). Since the factor is in (0, 1] the result never exceeds G;
+    it is clamped at >= 0 (a no-op for conductances, which are >= 0).
+    """
+    G = checks.tensor("G", G, floating=True)
+    checks.generator(generator)
+    nu_mean = checks.finite_float("nu_mean", nu_mean, 0.0)
+    nu_std = checks.finite_float("nu_std", nu_std, 0.0)
+    t0 = checks.finite_float("t0_s", t0_s, 0.0, open_min=True)
+    t = checks.finite_float("t_s", t_s)
+    if t < t0:
+        raise HardwareError(f"t_s: got {t}; allowed: a time >= t0_s ({t0})")
+    log_t = math.log(t / t0)
+    if nu_std == 0:
+        return (G * (t / t0) ** (-nu_mean)).clamp(min=0.0)
+    nu = nu_mean + nu_std * torch.randn(G.shape, generator=generator, device=G.device, dtype=G.dtype)
+    return (G * torch.exp(-nu.clamp(min=0.0) * log_t)).clamp(min=0.0)
+
+
+def read_noise(G: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """One noisy read of each device: G * (1 + N(0, sigma)), clamped at >= 0.
+
+    sigma is relative (the std of a read over G), >= 0. Each call is a fresh,
+    independent read; the programmed G is unchanged. Clamped at 0 only: a
+    device cannot conduct negatively (clamping needs a normal draw below
+    -1/sigma, a 5-sigma event at sigma = 0.2: under 3e-7 of reads), but a read
+    is a fluctuating current, not a programmed state, so it may land outside
+    [g_min_us, g_max_us]. sigma == 0 returns a copy of G and draws nothing.
+    The variance this gives a read-back weight is `read_noise_weight_variance`.
+    """
+    G = checks.tensor("G", G, floating=True)
+    checks.generator(generator)
+    sigma = checks.finite_float("sigma", sigma, 0.0)
+    if sigma == 0:
+        return G.clone()
+    noise = torch.randn(G.shape, generator=generator, device=G.device, dtype=G.dtype)
+    return (G * (1 + sigma * noise)).clamp(min=0.0)

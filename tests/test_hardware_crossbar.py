@@ -47,6 +47,34 @@ def test_physical_crossbars_by_hand(kept_in, kept_out, weight_bits, cell_bits, e
     assert physical_crossbars(kept_in, kept_out, spec) == expected
 
 
+@pytest.mark.parametrize("kept_in, kept_out, weight_bits, cell_bits, expected", [
+    (64, 256, 16, 2, 1 * 3 * 8),     # 127 data bitlines: 3 output tiles; 8 slices of 16 bits; one array
+    (300, 127, 8, 2, 3 * 1 * 4),     # 127 outputs still fit one tile
+    (300, 128, 8, 2, 3 * 2 * 4),     # the 128th output needs a second tile
+    (1, 1, 8, 2, 4),
+    (1, 1, 7, 2, 4),                 # 7 bits on 2-bit cells: 4 slices (differential needs 3, twice)
+    (0, 256, 8, 2, 0),
+])
+def test_physical_crossbars_offset_by_hand(kept_in, kept_out, weight_bits, cell_bits, expected):
+    spec = MappingSpec(weight_bits=weight_bits, cell_bits=cell_bits, sign_scheme="offset")
+    assert physical_crossbars(kept_in, kept_out, spec) == expected
+
+
+@pytest.mark.parametrize("xbar_rows, xbar_cols", XBARS)
+@pytest.mark.parametrize("n_in, n_out", SHAPES)
+def test_physical_crossbars_tile_outputs_by_data_bitlines(n_in, n_out, xbar_rows, xbar_cols):
+    for scheme in ("differential", "offset"):
+        spec = MappingSpec(xbar_rows=xbar_rows, xbar_cols=xbar_cols, sign_scheme=scheme)
+        arrays = physical_crossbars(n_in, n_out, spec)
+        assert arrays == tiles(n_in, n_out, xbar_rows, spec.data_cols) * spec.slices * spec.polarity
+        in_blocks = -(-n_in // xbar_rows)
+        out_tiles, rest = divmod(arrays, in_blocks * spec.slices * spec.polarity)
+        assert rest == 0
+        # enough data bitlines for every output (the reference column apart), and no tile to spare
+        assert out_tiles * spec.data_cols >= n_out > (out_tiles - 1) * spec.data_cols
+    assert tiles(n_in, n_out, xbar_rows, xbar_cols) == -(-n_in // xbar_rows) * -(-n_out // xbar_cols)
+
+
 def test_physical_crossbars_uses_rows_for_inputs():
     spec = MappingSpec(xbar_rows=256, xbar_cols=64, weight_bits=2)
     assert physical_crossbars(256, 64, spec) == 2

@@ -14,6 +14,7 @@ def test_defaults_and_derived_properties():
     assert spec.max_level == 127
     assert spec.slices == 4          # ceil(7 / 2)
     assert spec.polarity == 2
+    assert spec.sign_scheme == "differential" and spec.data_cols == 128
     assert spec.cell_levels == 4
     assert spec.g_step_us == pytest.approx(33.0)
 
@@ -24,6 +25,29 @@ def test_slices_cover_the_magnitude_bits(weight_bits, cell_bits, slices):
     spec = MappingSpec(weight_bits=weight_bits, cell_bits=cell_bits)
     assert spec.slices == slices
     assert spec.slices * spec.cell_bits >= spec.magnitude_bits > (spec.slices - 1) * spec.cell_bits
+
+
+@pytest.mark.parametrize("weight_bits, cell_bits, slices", [(16, 2, 8), (8, 2, 4), (7, 2, 4), (4, 2, 2),
+                                                             (2, 2, 1), (2, 1, 2), (9, 4, 3), (8, 4, 2),
+                                                             (5, 1, 5), (3, 8, 1)])
+def test_offset_stores_every_bit_on_one_array(weight_bits, cell_bits, slices):
+    spec = MappingSpec(weight_bits=weight_bits, cell_bits=cell_bits, sign_scheme="offset")
+    assert spec.magnitude_bits == weight_bits and spec.polarity == 1 and spec.slices == slices
+    assert spec.max_level == 2 ** (weight_bits - 1) - 1                  # same levels as differential
+    assert 2 * spec.max_level < 2 ** spec.magnitude_bits <= 2 ** (spec.slices * spec.cell_bits)
+    assert spec.slices * spec.cell_bits >= spec.magnitude_bits > (spec.slices - 1) * spec.cell_bits
+
+
+@pytest.mark.parametrize("xbar_cols", [2, 3, 128])
+def test_offset_spends_one_bitline_on_the_reference(xbar_cols):
+    assert MappingSpec(xbar_cols=xbar_cols, sign_scheme="offset").data_cols == xbar_cols - 1
+    assert MappingSpec(xbar_cols=xbar_cols).data_cols == xbar_cols
+
+
+def test_offset_needs_two_bitlines():
+    with pytest.raises(HardwareError, match="xbar_cols: got 1 with sign_scheme 'offset'.*>= 2"):
+        MappingSpec(xbar_cols=1, sign_scheme="offset")
+    assert MappingSpec(xbar_cols=1).data_cols == 1
 
 
 def test_with_weight_bits_changes_only_the_bits():
@@ -52,8 +76,8 @@ def test_bad_values_are_refused_by_name_and_value(field, value):
 
 
 def test_unknown_sign_scheme_lists_the_allowed_ones():
-    with pytest.raises(HardwareError, match="sign_scheme.*'offset'.*differential"):
-        MappingSpec(sign_scheme="offset")
+    with pytest.raises(HardwareError, match="sign_scheme: got 'unipolar'; allowed: differential, offset"):
+        MappingSpec(sign_scheme="unipolar")
 
 
 def test_hardware_error_is_a_value_error():
