@@ -1,0 +1,273 @@
+"""Tile-level simulation of one layer's matrix-vector products, as ISAAC/PUMA-style crossbars compute them.
+
+A compacted layer W = alpha * levels, (kept_out, kept_in), is stored as
+conductances G (polarity, slices, kept_out, kept_in) in microsiemens
+(hardware.levels_to_conductance; perhaps perturbed by device noise). Its
+kept inputs are cut into blocks of `xbar_rows` wordlines and its kept
+outputs into blocks of `xbar_cols` bitlines (hardware.tile_slices); every
+(tile, polarity, slice) is one physical crossbar with its own ADC.
+
+One read of a crossbar:
+  DAC      inputs x (volts, as numbers) drive the wordlines, optionally
+           quantized to 2**dac_bits levels over x_range (clipped);
+  array    bitline currents I = x_tile @ G_tile^T (input units times uS);
+  ADC      each current optionally quantized to 2**adc_bits levels over that
+           crossbar's range [lo, hi] (clipped);
+  digital  subtract the g_min_us baseline (g_min_us * sum of the tile's
+           inputs, from the same DAC-quantized inputs), divide by g_step_us
+           (the device digits), shift and add the slices (most significant
+           first), subtract polarity 1 (G-) from polarity 0 (G+), add up the
+           input tiles, multiply by alpha.
+
+With neither converter this equals x @ (alpha * levels)^T. The arithmetic runs
+in float64 (so slice recombination stays exact) and the result comes back in
+x's dtype. Bit-serial input streaming (1-bit DACs read once per input bit, as
+in ISAAC) is not modelled: dac_bits is the input resolution of one read.
+Only the "differential" sign scheme is supported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hardware import MappingSpec, tile_slices
+from stages.errors import StageError
+
+MAX_CONVERTER_BITS = 32   # 2**32 levels is "infinite" for any real converter; float64 still resolves it
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _spec(spec) -> MappingSpec:
+    if not isinstance(spec, MappingSpec):
+        raise StageError(f"spec: got {type(spec).__name__}; allowed: a hardware.MappingSpec")
+    if spec.sign_scheme != "differential":
+        raise StageError(f"spec.sign_scheme: got {spec.sign_scheme!r}; allowed: 'differential' "
+                         "(the tile simulation reads G+ - G- pairs)")
+    return spec
+
+
+def _float_tensor(name: str, value, dims: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise StageError(f"{name}: got {type(value).__name__}; allowed: a torch.Tensor")
+    if not value.is_floating_point():
+        raise StageError(f"{name}: got dtype {value.dtype}; allowed: a floating-point tensor")
+    if value.dim() != dims:
+        raise StageError(f"{name}: got shape {tuple(value.shape)}; allowed: {dims} dimensions")
+    return value
+
+
+def _conductances(G, spec: MappingSpec) -> torch.Tensor:
+    """G checked to be (polarity, slices, kept_out, kept_in) for this spec."""
+    G = _float_tensor("G", G, 4)
+    if tuple(G.shape[:2]) != (spec.polarity, spec.slices):
+        raise StageError(f"G: got shape {tuple(G.shape)}; allowed: ({spec.polarity}, {spec.slices}, "
+                         f"kept_out, kept_in), polarity and slices of weight_bits={spec.weight_bits}, "
+                         f"cell_bits={spec.cell_bits}")
+    return G
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StageError(f"{name}: got {value!r}; allowed: a finite number")
+    return float(value)
+
+
+def _bits(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONVERTER_BITS:
+        raise StageError(f"{name}: got {value!r}; allowed: None or an integer in [1, {MAX_CONVERTER_BITS}]")
+    return value
+
+
+def _x_range(x_range) -> tuple[float, float]:
+    if not isinstance(x_range, (tuple, list)) or len(x_range) != 2:
+        raise StageError(f"x_range: got {x_range!r}; allowed: (lo, hi) with lo < hi, needed with dac_bits")
+    lo, hi = _number("x_range[0]", x_range[0]), _number("x_range[1]", x_range[1])
+    if not lo < hi:
+        raise StageError(f"x_range: got ({lo}, {hi}); allowed: lo < hi")
+    return lo, hi
+
+
+def _adc_ranges(adc_ranges, n_tiles: int, spec: MappingSpec, device) -> torch.Tensor:
+    """adc_ranges checked to be (tiles, polarity, slices, 2) with lo <= hi; float64 on `device`."""
+    if adc_ranges is None:
+        raise StageError("adc_ranges: got None with adc_bits set; allowed: a (tiles, polarity, slices, 2) "
+                         "tensor of [lo, hi] bitline currents, e.g. from calibrate_adc_ranges")
+    adc_ranges = _float_tensor("adc_ranges", adc_ranges, 4)
+    expected = (n_tiles, spec.polarity, spec.slices, 2)
+    if tuple(adc_ranges.shape) != expected:
+        raise StageError(f"adc_ranges: got shape {tuple(adc_ranges.shape)}; allowed: {expected} "
+                         "(tiles in hardware.tile_slices order, polarity, slices, [lo, hi])")
+    if not torch.isfinite(adc_ranges).all() or (adc_ranges[..., 0] > adc_ranges[..., 1]).any():
+        raise StageError("adc_ranges: got a non-finite bound or lo > hi; allowed: finite [lo, hi] with lo <= hi")
+    return adc_ranges.to(device=device, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- hardware math
+
+
+def uniform_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
+    """values clipped to [lo, hi] and rounded to the nearest of 2**bits evenly spaced levels lo .. hi.
+
+    lo, hi: numbers or tensors broadcasting against values (same units). Where
+    hi == lo every value becomes lo. Returns values' shape and dtype.
+    """
+    lo = torch.as_tensor(lo, dtype=values.dtype, device=values.device)
+    hi = torch.as_tensor(hi, dtype=values.dtype, device=values.device)
+    step = (hi - lo) / (2 ** bits - 1)
+    safe_step = torch.where(step > 0, step, torch.ones_like(step))  # 0 / 0 where the range is a point
+    return lo + torch.round((torch.clamp(values, lo, hi) - lo) / safe_step) * step
+
+
+def bitline_currents(x_tile: torch.Tensor, G_tile: torch.Tensor) -> torch.Tensor:
+    """Analog partial sums of one tile: (B, rows) inputs x (P, S, cols, rows) uS -> (B, P, S, cols)."""
+    return torch.einsum("bi,psoi->bpso", x_tile, G_tile)
+
+
+def _place_values(spec: MappingSpec, device) -> torch.Tensor:
+    """(S,) weight of each slice's digit, most significant first: 2**(cell_bits * (S-1-s))."""
+    return torch.tensor([2.0 ** (spec.cell_bits * (spec.slices - 1 - s)) for s in range(spec.slices)],
+                        dtype=torch.float64, device=device)
+
+
+def tile_output(currents: torch.Tensor, input_sum: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
+    """Digital side of one tile: (B, P, S, cols) currents and (B,) input sums -> (B, cols) levels-times-x.
+
+    digits = (I - g_min_us * sum(x)) / g_step_us; shift-and-add over slices; G+ minus G-.
+    """
+    digits = (currents - spec.g_min_us * input_sum[:, None, None, None]) / spec.g_step_us
+    magnitudes = torch.einsum("bpso,s->bpo", digits, _place_values(spec, currents.device))  # (B, P, cols)
+    return magnitudes[:, 0] - magnitudes[:, 1]
+
+
+# ----------------------------------------------------------------------------- layer
+
+
+def crossbar_matmul(x: torch.Tensor, G: torch.Tensor, spec: MappingSpec, alpha: float, *,
+                    adc_bits: int | None = None, dac_bits: int | None = None,
+                    x_range: tuple[float, float] | None = None,
+                    adc_ranges: torch.Tensor | None = None) -> torch.Tensor:
+    """One compacted layer's output computed tile by tile through DACs, crossbars and ADCs.
+
+    x: (B, kept_in) float inputs. G: (polarity, slices, kept_out, kept_in)
+    microsiemens, taken as given (noisy devices stay noisy). alpha: weight scale
+    (weight = alpha * level). dac_bits: input resolution over x_range = (lo, hi),
+    inputs clipped to it (x_range is needed with dac_bits, ignored without).
+    adc_bits: resolution of every crossbar's ADC over its own [lo, hi] from
+    adc_ranges (tiles, polarity, slices, 2), tiles in hardware.tile_slices order
+    (needed with adc_bits, ignored without; see calibrate_adc_ranges).
+    Returns (B, kept_out) in x's dtype and device; with neither converter it
+    equals x @ (alpha * levels)^T up to float rounding.
+    """
+    spec = _spec(spec)
+    x = _float_tensor("x", x, 2)
+    G = _conductances(G, spec)
+    alpha = _number("alpha", alpha)
+    if x.shape[1] != G.shape[3]:
+        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: (B, {G.shape[3]}), the kept_in of G")
+    x64 = x.to(torch.float64)
+    if dac_bits is not None:
+        x64 = uniform_quantize(x64, *_x_range(x_range), _bits("dac_bits", dac_bits))
+    g64 = G.to(device=x.device, dtype=torch.float64)
+    parts = tile_slices(G.shape[3], G.shape[2], spec.xbar_rows, spec.xbar_cols)
+    ranges = None
+    if adc_bits is not None:
+        adc_bits = _bits("adc_bits", adc_bits)
+        ranges = _adc_ranges(adc_ranges, len(parts), spec, x.device)
+    y = x64.new_zeros(x.shape[0], G.shape[2])                                # (B, kept_out)
+    for t, (rows, cols) in enumerate(parts):
+        x_tile = x64[:, rows]                                                # (B, rows)
+        currents = bitline_currents(x_tile, g64[:, :, cols, rows])           # (B, P, S, cols)
+        if ranges is not None:
+            currents = uniform_quantize(currents, ranges[t, :, :, 0, None], ranges[t, :, :, 1, None], adc_bits)
+        y[:, cols] += tile_output(currents, x_tile.sum(dim=1), spec)
+    return (alpha * y).to(x.dtype)
+
+
+def calibrate_adc_ranges(G: torch.Tensor, spec: MappingSpec, x_min: float, x_max: float) -> torch.Tensor:
+    """Every crossbar's ADC range, calibrated per tile from the mapped conductances.
+
+    The range [lo, hi] of a (tile, polarity, slice) crossbar is the smallest
+    interval holding every bitline current the tile can produce for inputs
+    each anywhere in [x_min, x_max]: a column's current sum_i x_i g_i runs over
+    [sum_i min(x_min g_i, x_max g_i), sum_i max(x_min g_i, x_max g_i)], and the
+    crossbar's range spans its columns' lowest low and highest high. For inputs
+    in [0, x_max] this is [0, x_max * largest column conductance]; a negative
+    x_min (the first layer of a normalized network) gives lo = x_min * largest
+    column conductance < 0. The range includes the g_min_us baseline current.
+    G: (polarity, slices, kept_out, kept_in) microsiemens. Returns float64
+    (tiles, polarity, slices, 2), [..., 0] = lo, [..., 1] = hi, in input units
+    times uS, tiles in hardware.tile_slices order.
+    """
+    spec = _spec(spec)
+    G = _conductances(G, spec)
+    x_min, x_max = _number("x_min", x_min), _number("x_max", x_max)
+    if x_min > x_max:
+        raise StageError(f"x_min: got {x_min} > x_max = {x_max}; allowed: x_min <= x_max")
+    g64 = G.to(torch.float64)
+    ranges = []
+    for rows, cols in tile_slices(G.shape[3], G.shape[2], spec.xbar_rows, spec.xbar_cols):
+        g = g64[:, :, cols, rows]                                            # (P, S, cols, rows)
+        low = torch.minimum(x_min * g, x_max * g).sum(dim=3)                 # (P, S, cols)
+        high = torch.maximum(x_min * g, x_max * g).sum(dim=3)
+        ranges.append(torch.stack([low.amin(dim=2), high.amax(dim=2)], dim=-1))  # (P, S, 2)
+    if not ranges:
+        return g64.new_zeros(0, spec.polarity, spec.slices, 2)
+    return torch.stack(ranges)
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+def _conv_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding of a Conv2d, in F.pad's order."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":   # as torch: the odd pixel goes to the right / bottom
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        (top, bottom), (left, right) = [(t // 2, t - t // 2) for t in totals]
+        return (left, right, top, bottom)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+def unfold_conv_input(x: torch.Tensor, conv: nn.Conv2d
+                      ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """im2col of a Conv2d's input, so the conv is a GEMM with W = weight.reshape(F, C*kh*kw).
+
+    x: (B, C, H, W). Returns x2d (B*L, C*kh*kw), L = H' * W' output positions
+    (rows ordered batch-major, then H', then W'; columns in (c, kh, kw) order,
+    the `in` axis of the GEMM: take x2d[:, keep_in] for a compacted layer), and
+    fold(y2d) taking (B*L, n) to the conv output layout (B, n, H', W'). Padding
+    modes are applied as the conv applies them; no bias is added.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise StageError(f"conv: got {type(conv).__name__}; allowed: a torch.nn.Conv2d")
+    if conv.groups != 1:
+        raise StageError(f"conv.groups: got {conv.groups}; allowed: 1 (a grouped conv is not one GEMM)")
+    x = _float_tensor("x", x, 4)
+    if x.shape[1] != conv.in_channels:
+        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: (B, {conv.in_channels}, H, W)")
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    padded = F.pad(x, _conv_pads(conv), mode=mode)
+    cols = F.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # (B, C*kh*kw, L)
+    (kh, kw), (dh, dw), (sh, sw) = conv.kernel_size, conv.dilation, conv.stride
+    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    batch = x.shape[0]
+
+    def fold(y2d: torch.Tensor) -> torch.Tensor:
+        """(B*L, n) GEMM output -> (B, n, H', W')."""
+        if not isinstance(y2d, torch.Tensor) or y2d.dim() != 2 or y2d.shape[0] != batch * out_h * out_w:
+            shape = tuple(y2d.shape) if isinstance(y2d, torch.Tensor) else type(y2d).__name__
+            raise StageError(f"y2d: got {shape}; allowed: ({batch * out_h * out_w}, n), "
+                             f"B*H'*W' = {batch}*{out_h}*{out_w}")
+        return y2d.reshape(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
+
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), fold
