@@ -57,6 +57,19 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
 
 
+class RetrainConfig(TrainConfig):
+    noise_variation: Literal["none", "lognormal", "additive"] = Field(
+        "none", description="variation-aware retraining: device variation drawn at every training step")
+    noise_sigma: float = Field(0.0, ge=0, description="its sigma (relative, as in montecarlo scenarios)")
+
+    @model_validator(mode="after")
+    def _noise(self):
+        if (self.noise_variation == "none") != (self.noise_sigma == 0):
+            raise ValueError(f"noise_variation {self.noise_variation!r} with noise_sigma {self.noise_sigma}: "
+                             "give both (a variation and sigma > 0) or neither")
+        return self
+
+
 class LayerPrune(Section):
     """Fractions of a layer's structures removed, each in [0, 1)."""
 
@@ -117,13 +130,25 @@ class MappingConfig(Section):
     cell_bits: int = Field(2, ge=1, le=8, description="bits stored per memristor")
     xbar_rows: int = Field(128, ge=1, description="crossbar wordlines (inputs)")
     xbar_cols: int = Field(128, ge=1, description="crossbar bitlines (outputs)")
-    sign_scheme: Literal["differential"] = Field("differential", description="G+ - G- device pairs")
+    sign_scheme: Literal["differential", "offset"] = Field(
+        "differential", description="differential: G+ - G- device pairs; offset: one device per weight "
+        "holding n + max_level, minus a reference column per crossbar")
     g_min_us: float = Field(1.0, gt=0, description="lowest conductance, microsiemens")
     g_max_us: float = Field(100.0, gt=0, description="highest conductance, microsiemens")
     cascade: bool = Field(True, description="pruned filters remove the next layer's wordlines")
+    mode: Literal["one-shot", "progressive"] = Field(
+        "one-shot", description="one-shot: every weight onto its level at once; progressive: the "
+        "weights nearest their levels first, then retrain the rest, round by round (Yuan et al.)")
+    progressive_fractions: tuple[float, ...] = Field(
+        (0.5, 0.75, 0.9), description="fraction of kept weights on their levels after each round "
+        "(increasing, in (0, 1)); a last round maps the rest")
+    progressive_epochs: int = Field(5, ge=1, description="retraining epochs after each round")
 
     @model_validator(mode="after")
     def _range(self):
+        f = self.progressive_fractions
+        if not all(0 < a < 1 for a in f) or any(b <= a for a, b in zip(f, f[1:])):
+            raise ValueError(f"progressive_fractions: got {list(f)}; allowed: increasing values in (0, 1)")
         if self.g_min_us >= self.g_max_us:
             raise ValueError(f"g_min_us ({self.g_min_us}) must be below g_max_us ({self.g_max_us})")
         return self
@@ -139,11 +164,23 @@ class HardwareConfig(Section):
 
 
 class ScenarioConfig(Section):
-    id: str = Field(min_length=1, description="stable scenario id (seeds derive from it)")
+    """One device scenario; every parameter has a column in the `montecarlo` table."""
+
+    id: Optional[str] = Field(None, min_length=1, description="stable scenario id (seeds derive from it); "
+                              "default: built from the parameters")
     variation: Literal["none", "lognormal", "additive"] = "none"
-    sigma: float = Field(0.0, ge=0, description="programming variation, relative")
+    sigma: float = Field(0.0, ge=0, description="programming variation, relative (lognormal: of G; "
+                         "additive: of g_max - g_min)")
     p_sa0: float = Field(0.0, ge=0, le=1, description="probability of a device stuck at g_min")
     p_sa1: float = Field(0.0, ge=0, le=1, description="probability of a device stuck at g_max")
+    read_noise: float = Field(0.0, ge=0, description="read noise per inference, relative std of G")
+    drift_nu: float = Field(0.0, ge=0, description="conductance drift exponent nu (mean over devices)")
+    drift_nu_std: float = Field(0.0, ge=0, description="spread (std) of nu over devices")
+    drift_t_s: float = Field(1.0, gt=0, description="time since programming, seconds")
+    drift_t0_s: float = Field(1.0, gt=0, description="reference time of the programmed conductance, seconds")
+    tiles: bool = Field(False, description="simulate each crossbar tile's partial sums (implied by adc/dac bits)")
+    adc_bits: int = Field(0, ge=0, le=24, description="ADC resolution per tile, bits (0: infinite)")
+    dac_bits: int = Field(0, ge=0, le=24, description="DAC input resolution, bits (0: infinite)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -151,21 +188,74 @@ class ScenarioConfig(Section):
             raise ValueError(f"p_sa0 + p_sa1 = {self.p_sa0 + self.p_sa1}; allowed: <= 1")
         if self.variation == "none" and self.sigma > 0:
             raise ValueError(f"sigma = {self.sigma} needs variation 'lognormal' or 'additive'")
+        if self.drift_t_s < self.drift_t0_s:
+            raise ValueError(f"drift_t_s = {self.drift_t_s} is before drift_t0_s = {self.drift_t0_s}")
         return self
+
+    def key(self) -> str:
+        """The id: given, or the non-default parameters joined, e.g. lognormal-sigma0.1-adc6."""
+        if self.id:
+            return self.id
+        parts = [self.variation] if self.variation != "none" or self.sigma else []
+        defaults = ScenarioConfig()
+        names = {"sigma": "sigma", "p_sa0": "sa0_", "p_sa1": "sa1_", "read_noise": "read",
+                 "drift_nu": "nu", "drift_nu_std": "nustd", "drift_t_s": "t", "drift_t0_s": "t0_",
+                 "adc_bits": "adc", "dac_bits": "dac"}
+        if self.variation != "none":
+            parts.append(f"sigma{self.sigma:g}")
+        for field, short in names.items():
+            value = getattr(self, field)
+            if field != "sigma" and value != getattr(defaults, field):
+                parts.append(f"{short}{value:g}")
+        if self.tiles and not (self.adc_bits or self.dac_bits):
+            parts.append("tiles")
+        return "-".join(parts) or "ideal"
+
+
+class ScenarioGrid(Section):
+    """Every combination of these values is a scenario (ids built from the parameters)."""
+
+    variation: tuple[Literal["none", "lognormal", "additive"], ...] = ("lognormal",)
+    sigma: tuple[float, ...] = (0.0,)
+    p_sa0: tuple[float, ...] = (0.0,)
+    p_sa1: tuple[float, ...] = (0.0,)
+    read_noise: tuple[float, ...] = (0.0,)
+    drift_nu: tuple[float, ...] = (0.0,)
+    drift_nu_std: tuple[float, ...] = (0.0,)
+    drift_t_s: tuple[float, ...] = (1.0,)
+    adc_bits: tuple[int, ...] = (0,)
+    dac_bits: tuple[int, ...] = (0,)
+
+    def scenarios(self) -> list[ScenarioConfig]:
+        import itertools
+
+        fields = list(type(self).model_fields)
+        out = []
+        for values in itertools.product(*(getattr(self, f) for f in fields)):
+            params = dict(zip(fields, values))
+            if params["variation"] == "none" and params["sigma"] > 0:
+                continue   # sigma needs a variation model: not a combination
+            out.append(ScenarioConfig(**params))
+        return out
 
 
 class MonteCarloConfig(Section):
     trials: int = Field(50, ge=1, description="trials per scenario")
     chunk_size: int = Field(25, ge=1, description="trials per Ray task")
-    scenarios: tuple[ScenarioConfig, ...] = Field(
-        (ScenarioConfig(id="ideal"),), min_length=1, description="device scenarios")
+    scenarios: tuple[ScenarioConfig, ...] = Field((ScenarioConfig(id="ideal"),), description="device scenarios")
+    grid: Optional[ScenarioGrid] = Field(None, description="more scenarios: every combination of its values")
 
     @model_validator(mode="after")
     def _unique(self):
-        ids = [s.id for s in self.scenarios]
+        ids = [s.key() for s in self.all_scenarios()]
+        if not ids:
+            raise ValueError("no scenarios: give montecarlo.scenarios or montecarlo.grid")
         if len(set(ids)) != len(ids):
             raise ValueError(f"scenario ids must be unique, got {ids}")
         return self
+
+    def all_scenarios(self) -> list[ScenarioConfig]:
+        return list(self.scenarios) + (self.grid.scenarios() if self.grid else [])
 
 
 class ResourcesConfig(Section):
@@ -189,7 +279,7 @@ class Config(Section):
     admm: AdmmConfig = AdmmConfig()
     tune: TuneConfig = TuneConfig()
     mapping: MappingConfig = MappingConfig()
-    retrain: TrainConfig = TrainConfig(epochs=20)
+    retrain: RetrainConfig = RetrainConfig(epochs=20)
     hardware: HardwareConfig = HardwareConfig()
     montecarlo: MonteCarloConfig = MonteCarloConfig()
     resources: ResourcesConfig = ResourcesConfig()

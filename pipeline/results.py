@@ -44,8 +44,9 @@ def montecarlo_stats(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["scenario_id"] == sid]
         acc = np.array([r["accuracy"] for r in mine], dtype=np.float64)
         first = mine[0]
-        stats.append({"scenario_id": sid, "variation": first["variation"], "sigma": first["sigma"],
-                      "p_sa0": first["p_sa0"], "p_sa1": first["p_sa1"], "trials": len(acc),
+        stats.append({"scenario_id": sid, **{k: first[k] for k in ("variation", "sigma", "p_sa0", "p_sa1",
+                                                                   "read_noise", "drift_nu", "adc_bits")},
+                      "trials": len(acc),
                       "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                       "p5": float(np.percentile(acc, 5))})
     return stats

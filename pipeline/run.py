@@ -254,7 +254,7 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
             montecarlo += ray.get(ref)
         if on_montecarlo is not None:
             on_montecarlo(len(montecarlo), total)
-    order = {s.id: i for i, s in enumerate(cfg.montecarlo.scenarios)}
+    order = {s.scenario_id: i for i, s in enumerate(scenarios)}
     montecarlo.sort(key=lambda r: (order[r["scenario_id"]], r["trial"]))
     rec.stage("montecarlo", t)
 

@@ -7,6 +7,7 @@ these; tests call them directly, in-process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from stages.data import DataSplits, load_data
 from stages.mapping import MappedNetwork, layer_rows, map_network
 from stages.models import LayerGraph, build_model, crossbar_layers, layer_graph
 from stages.montecarlo import Scenario, run_trials, trial_seed
+from stages.progressive import progressive_map
 from stages.projections import STRUCTURES, LayerRule
 from stages.retrain import retrain
 from stages.train import EpochCallback, Runtime, evaluate, pretrain, resolve_device, set_torch_threads
@@ -133,8 +135,13 @@ def mapping_of(cfg: Config, model: nn.Module, masks: dict, rules: dict[str, Laye
                        block_layers(rules))
 
 
+SCENARIO_FIELDS = ("variation", "sigma", "p_sa0", "p_sa1", "read_noise", "drift_nu", "drift_nu_std",
+                   "drift_t_s", "drift_t0_s", "tiles", "adc_bits", "dac_bits")
+
+
 def scenarios_for(cfg: Config) -> list[Scenario]:
-    return [Scenario(s.id, s.variation, s.sigma, s.p_sa0, s.p_sa1) for s in cfg.montecarlo.scenarios]
+    return [Scenario(s.key(), **{f: getattr(s, f) for f in SCENARIO_FIELDS})
+            for s in cfg.montecarlo.all_scenarios()]
 
 
 def accuracy_rows(stage: str, model: nn.Module, data: DataSplits) -> list[dict]:
@@ -230,12 +237,15 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
                    **projected_metrics(pruned, masks)}
         report(metrics)
         return pruned.state_dict(), masks, metrics
+    # a progressive mapping quantizes later, round by round: hand it pruned float weights
+    final_rules = ({n: dataclasses.replace(r, weight_bits=None) for n, r in rules.items()}
+                   if cfg.mapping.mode == "progressive" else None)
     compressed, masks, metrics = admm_train(
         template, data, rules, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
         momentum=a.momentum, weight_decay=a.weight_decay, batch_size=cfg.data.batch_size,
         rho=rho, rho_multiplier=a.rho_multiplier, rho_every=a.rho_every, seed=cfg.seed,
         on_epoch_end=report, projected_metrics=projected_metrics,
-        runtime=runtime_for(cfg, cfg.resources.gpus_per_trial))
+        runtime=runtime_for(cfg, cfg.resources.gpus_per_trial), final_rules=final_rules)
     return compressed.state_dict(), masks, metrics
 
 
@@ -245,7 +255,19 @@ def run_map(cfg: Config, data: DataSplits, state: dict, masks: dict, ratios: dic
     template = template_for(cfg, data, model)
     template.load_state_dict(state)
     rows = accuracy_rows(stage, template, data)
-    mapped = mapping_of(cfg, template, masks, rules_for(cfg, template, ratios))
+    rules = rules_for(cfg, template, ratios)
+    m = cfg.mapping
+    if m.mode == "progressive":
+        r = cfg.retrain
+        mapped = progressive_map(template, masks, m.weight_bits, data, fractions=m.progressive_fractions,
+                                 epochs=m.progressive_epochs, lr=r.lr, optimizer=r.optimizer,
+                                 momentum=r.momentum, weight_decay=r.weight_decay,
+                                 batch_size=cfg.data.batch_size, seed=cfg.seed, cascade=m.cascade,
+                                 block_tile=(m.xbar_rows, m.xbar_cols), block_layers=block_layers(rules),
+                                 runtime=runtime_for(cfg, cfg.resources.gpus_per_task))
+    else:
+        mapped = mapping_of(cfg, template, masks, rules)
+        mapped.extra["mapping_mode"] = "one-shot"
     prefix = "" if stage == "admm" else f"{stage}-"
     return mapped, rows + accuracy_rows(f"{prefix}mapped", mapped.load_into(template), data)
 
@@ -259,10 +281,13 @@ def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork, *, method:
     template = template_for(cfg, data, model)
     r = cfg.retrain
     epochs = r.epochs + (cfg.admm.epochs if (method or cfg.admm.method) == "magnitude" else 0)
+    noise = None
+    if r.noise_sigma > 0:
+        noise = (spec_for(cfg), Scenario("retrain-noise", r.noise_variation, r.noise_sigma))
     final, _ = retrain(template, mapped, data, epochs=epochs, lr=r.lr, optimizer=r.optimizer,
                        momentum=r.momentum, weight_decay=r.weight_decay,
                        batch_size=cfg.data.batch_size, seed=cfg.seed, on_epoch_end=on_epoch_end,
-                       runtime=runtime_for(cfg, cfg.resources.gpus_per_task))
+                       runtime=runtime_for(cfg, cfg.resources.gpus_per_task), noise=noise)
     return final, accuracy_rows(stage, final.load_into(template), data)
 
 
@@ -282,10 +307,12 @@ def run_montecarlo_chunk(cfg: Config, data: DataSplits, mapped: MappedNetwork, s
     set_torch_threads()
     seeds = [trial_seed(cfg.seed, scenario.scenario_id, t) for t in trials]
     accuracies = run_trials(template_for(cfg, data, model), mapped, spec_for(cfg), scenario, seeds,
-                            data.x_test, data.y_test)
-    return [{"scenario_id": scenario.scenario_id, "variation": scenario.variation,
-             "sigma": scenario.sigma, "p_sa0": scenario.p_sa0, "p_sa1": scenario.p_sa1,
-             "trial": t, "seed": s, "accuracy": a, "n_samples": len(data.y_test)}
+                            data.x_test, data.y_test, calibration=data.x_train[:256])
+    params = {f: getattr(scenario, f) for f in SCENARIO_FIELDS}
+    params["tiles"] = scenario.simulate_tiles
+    params["mapping_mode"] = mapped.extra.get("mapping_mode", cfg.mapping.mode)
+    return [{"scenario_id": scenario.scenario_id, **params, "trial": t, "seed": s, "accuracy": a,
+             "n_samples": len(data.y_test)}
             for t, s, a in zip(trials, seeds, accuracies)]
 
 

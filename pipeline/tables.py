@@ -28,7 +28,8 @@ SCHEMA_VERSION = "1"
 
 _MC_STATS = pa.struct([
     ("scenario_id", pa.string()), ("variation", pa.string()), ("sigma", pa.float64()),
-    ("p_sa0", pa.float64()), ("p_sa1", pa.float64()), ("trials", pa.int64()),
+    ("p_sa0", pa.float64()), ("p_sa1", pa.float64()), ("read_noise", pa.float64()),
+    ("drift_nu", pa.float64()), ("adc_bits", pa.int64()), ("trials", pa.int64()),
     ("mean", pa.float64()), ("std", pa.float64()), ("p5", pa.float64()),
 ])
 
@@ -66,7 +67,10 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
     "montecarlo": pa.schema([
         ("scenario_id", pa.string()), ("variation", pa.string()), ("sigma", pa.float64()),
-        ("p_sa0", pa.float64()), ("p_sa1", pa.float64()), ("trial", pa.int64()),
+        ("p_sa0", pa.float64()), ("p_sa1", pa.float64()), ("read_noise", pa.float64()),
+        ("drift_nu", pa.float64()), ("drift_nu_std", pa.float64()), ("drift_t_s", pa.float64()),
+        ("drift_t0_s", pa.float64()), ("tiles", pa.bool_()), ("adc_bits", pa.int64()),
+        ("dac_bits", pa.int64()), ("mapping_mode", pa.string()), ("trial", pa.int64()),
         ("seed", pa.int64()), ("accuracy", pa.float64()), ("n_samples", pa.int64()),
     ]),
     "summary": pa.schema([
@@ -99,6 +103,10 @@ UNITS = {
     "area_reduction": "1 - area_compressed_mm2 / area_dense_mm2",
     "sigma": "programming variation, relative",
     "p_sa0": "probability a device is stuck at g_min", "p_sa1": "probability a device is stuck at g_max",
+    "read_noise": "relative std of a device's conductance at every read",
+    "drift_nu": "mean drift exponent: G(t) = G0 (t / t0) ** -nu", "drift_nu_std": "std of nu over devices",
+    "drift_t_s": "seconds since programming", "adc_bits": "ADC bits per tile, 0 = infinite resolution",
+    "dac_bits": "DAC input bits, 0 = infinite resolution",
 }
 TABLES = tuple(SCHEMAS)
 

@@ -49,12 +49,15 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                batch_size: int, rho: float, rho_multiplier: float, rho_every: int, seed: int,
                on_epoch_end: EpochCallback = None,
                projected_metrics: Callable[[nn.Module, dict], dict] | None = None,
-               runtime: Runtime = Runtime()) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
+               runtime: Runtime = Runtime(), final_rules: dict[str, LayerRule] | None = None,
+               ) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
     """Run ADMM from a trained model; returns (hard-projected model, masks, metrics).
 
     on_epoch_end receives, each epoch, the validation accuracy of a hard-projected
     copy (`val_accuracy`), the primal residual sum ||W - Z||^2, rho, and whatever
     projected_metrics(projected_model, masks) adds (compression, crossbars).
+    final_rules, if given, replace `rules` for the last hard projection (e.g. pruning only,
+    for a progressive mapping that quantizes later).
     """
     model = copy.deepcopy(model).to(runtime.device)
     layers = crossbar_layers(model)
@@ -97,5 +100,5 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
             metrics.update(projected_metrics(projected.cpu(), projected_masks))
         if on_epoch_end is not None:
             on_epoch_end(metrics)
-    masks = hard_project(model, rules, graph)
+    masks = hard_project(model, final_rules or rules, graph)
     return model.cpu(), {n: m.cpu() for n, m in masks.items()}, metrics

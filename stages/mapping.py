@@ -153,7 +153,7 @@ def layer_rows(mapped: MappedNetwork, spec: MappingSpec, baseline_bits: int) -> 
             s = spec.with_weight_bits(baseline_bits if dense else mapped.weight_bits)
             kept_out = out_dim if dense else int(layer.keep_out.sum())
             kept_in = in_dim if dense else int(layer.keep_in.sum())
-            n_tiles = tiles(kept_in, kept_out, s.xbar_rows, s.xbar_cols)
+            n_tiles = tiles(kept_in, kept_out, s.xbar_rows, s.data_cols)   # offset: one reference column
             if not dense and layer.block_tiles is not None:
                 n_tiles = layer.block_tiles
             rows.append({
