@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from hardware.errors import MemAdmmError
 from pipeline.errors import UserError
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; the summary needs about 110.
@@ -25,7 +26,7 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
+        except MemAdmmError as exc:      # UserError, and a stage's or the hardware model's refusal
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
     return wrapper
@@ -215,3 +216,7 @@ def query(root, table, run_id, where, fmt) -> None:
     else:
         with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
             click.echo(frame.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -265,6 +265,8 @@ class ResourcesConfig(Section):
     gpus_per_trial: float = Field(0, ge=0, description="GPUs per Tune trial (> 0: train on CUDA)")
     gpus_per_task: float = Field(0, ge=0, description="GPUs per stage task (> 0: run on CUDA)")
     mixed_precision: bool = Field(True, description="bfloat16 autocast for training on CUDA")
+    task_retries: int = Field(3, ge=0, description="times a stage or Monte-Carlo task is retried when "
+                              "its worker dies")
 
 
 class OutputConfig(Section):

@@ -11,12 +11,14 @@ and writes the tables; the driver writes the run's status and manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
 import logging
 import os
 import platform
+import socket
 import tempfile
 import time
 import uuid
@@ -26,12 +28,14 @@ import fsspec
 import ray
 import torch
 
-from pipeline import steps
+from pipeline import cache, steps
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.results import layers_and_hardware, summary_row
 from pipeline.tables import write_table
 from pipeline.tuning import run_search
 from stages.data import DataSplits
+from stages.mapping import MappedNetwork
 
 log = logging.getLogger("memadmm")
 PACKAGES = ("memristor-admm", "torch", "torchvision", "ray", "pyarrow", "numpy", "pydantic")
@@ -52,39 +56,53 @@ def package_versions() -> dict[str, str]:
 
 
 # ---- stage tasks -------------------------------------------------------------------------
-# `model` is None for the config's architecture, else the caller's untrained module.
+# `model` is None for the config's architecture, else the caller's untrained module. Each task
+# returns its stored output when its key is in the cache (pipeline.cache), else computes and stores it.
 
 @ray.remote(num_returns=2)
-def pretrain_task(cfg: Config, data, model):
-    return steps.run_pretrain(cfg, data, model=model)
-
-
-@ray.remote(num_returns=2)
-def admm_task(cfg: Config, data, model, state, storage_path: str, name: str):
-    compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model)
-    return {"model": compressed, "masks": masks, "ratios": ratios}, {"tune": rows}
+def pretrain_task(cfg: Config, data, model, key: str):
+    return tuple(cache.cached(cfg.output.root, "pretrain", key,
+                              lambda: steps.run_pretrain(cfg, data, model=model)))
 
 
 @ray.remote(num_returns=2)
-def map_task(cfg: Config, data, model, admm):
-    return steps.run_map(cfg, data, admm["model"], admm["masks"], admm["ratios"],
-                         stage=cfg.admm.method, model=model)
+def admm_task(cfg: Config, data, model, state, storage_path: str, name: str, key: str):
+    def compute():
+        compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model)
+        return {"model": compressed, "masks": masks, "ratios": ratios}, {"tune": rows}
+    return tuple(cache.cached(cfg.output.root, "admm", key, compute))
+
+
+@ray.remote(num_returns=2)
+def map_task(cfg: Config, data, model, admm, key: str):
+    def compute():
+        mapped, rows = steps.run_map(cfg, data, admm["model"], admm["masks"], admm["ratios"],
+                                     stage=cfg.admm.method, model=model)
+        return mapped.to_plain(), rows
+    plain, rows = cache.cached(cfg.output.root, "map", key, compute)
+    return MappedNetwork.from_plain(plain), rows
 
 
 @ray.remote
-def magnitude_task(cfg: Config, data, model, state, admm):
+def magnitude_task(cfg: Config, data, model, state, admm, key: str):
     """The magnitude baseline at the chosen ratios: its accuracy rows."""
-    return steps.run_magnitude_baseline(cfg, data, state, admm["ratios"], model=model)[1]
+    return cache.cached(cfg.output.root, "magnitude", key, lambda: steps.run_magnitude_baseline(
+        cfg, data, state, admm["ratios"], model=model)[1])
 
 
 @ray.remote(num_returns=2)
-def retrain_task(cfg: Config, data, model, mapped):
-    return steps.run_retrain(cfg, data, mapped, model=model)
+def retrain_task(cfg: Config, data, model, mapped, key: str):
+    def compute():
+        final, rows = steps.run_retrain(cfg, data, mapped, model=model)
+        return final.to_plain(), rows
+    plain, rows = cache.cached(cfg.output.root, "retrain", key, compute)
+    return MappedNetwork.from_plain(plain), rows
 
 
 @ray.remote
-def montecarlo_task(cfg: Config, data, model, mapped, scenario, trials: list[int]):
-    return steps.run_montecarlo_chunk(cfg, data, mapped, scenario, trials, model=model)
+def montecarlo_task(cfg: Config, data, model, mapped, scenario, trials: list[int], key: str):
+    return cache.cached(cfg.output.root, "montecarlo", key, lambda: steps.run_montecarlo_chunk(
+        cfg, data, mapped, scenario, trials, model=model))
 
 
 @ray.remote
@@ -104,6 +122,36 @@ def tables_task(cfg: Config, rec: "Recorder", state, admm, mapped, final, accura
 
 
 # ---- driver ------------------------------------------------------------------------------
+
+def check_root(root: str) -> None:
+    """Refuse a results root that cannot be written, before any work (a probe file, then removed)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(root)
+        fs.makedirs(path, exist_ok=True)
+        probe = f"{path.rstrip('/')}/_probe-{uuid.uuid4().hex}"
+        with fs.open(probe, "wb") as f:
+            f.write(b"")
+        fs.rm(probe)
+    except Exception as exc:  # noqa: BLE001 - any failure to write here is the user's root
+        raise UserError(f"output.root: cannot write to {root!r} ({type(exc).__name__}: {exc}); allowed: a "
+                        "writable folder or fsspec URL (s3://, gs://, file://, memory://)") from None
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a cluster address that answers nothing, before any work (a TCP connect, 5 s at most)."""
+    if not address or address == "auto":
+        return
+    target = address.split("://", 1)[-1].rsplit("/", 1)[0] if "://" in address else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address: got {address!r}; allowed: HOST:PORT of a Ray head (GCS), e.g. "
+                        "10.0.0.1:6379, or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"--address: cannot reach a Ray cluster at {address!r} ({exc}); start one with "
+                        "`ray start --head` or `ray up cluster.yaml`, or leave --address out to run locally") from None
+
 
 def connect(cfg: Config, address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local single-node Ray."""
@@ -150,8 +198,8 @@ class Recorder:
         torch.save(obj, buffer)
         self._write(f"artifacts/{stage}.pt", buffer.getvalue())
 
-    def stage(self, name: str, started: float, status: str = "succeeded") -> None:
-        self.stages[name] = {"status": status, "seconds": round(time.perf_counter() - started, 3)}
+    def stage(self, name: str, started: float, status: str = "succeeded", **extra) -> None:
+        self.stages[name] = {"status": status, "seconds": round(time.perf_counter() - started, 3), **extra}
         log.info("stage %-10s %s in %.1f s", name, status, self.stages[name]["seconds"])
         self.manifest("running")
 
@@ -192,8 +240,10 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
     the config's architecture and data set.
     """
     run_id = run_id or new_run_id()
-    data = data if data is not None else steps.data_for(cfg)
+    data = data if data is not None else steps.data_for(cfg)   # a missing data folder stops here
     steps.check_layers(cfg, steps.template_for(cfg, data, model))
+    check_root(cfg.output.root)
+    check_address(address if address or ray.is_initialized() else os.environ.get("RAY_ADDRESS"))
     name = type(model).__name__ if model is not None else cfg.model.name
     rec = Recorder(cfg, run_id, preset, name)
     rec.start()
@@ -208,58 +258,80 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
 
 def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dict:
     connect(cfg, address)
+    root = cfg.output.root
     cpus, gpus = cfg.resources.cpus_per_task, cfg.resources.gpus_per_task
+    retries = {"max_retries": cfg.resources.task_retries}
     data_ref, model_ref = ray.put(data), ray.put(model)
+    keys = {"pretrain": cache.stage_key(cfg, "pretrain", extra=cache.model_fingerprint(model))}
+    keys["admm"] = cache.stage_key(cfg, "admm", (keys["pretrain"],))
+    keys["map"] = cache.stage_key(cfg, "map", (keys["admm"],))
+    keys["retrain"] = cache.stage_key(cfg, "retrain", (keys["map"],))
+    keys["magnitude"] = cache.stage_key(cfg, "magnitude", (keys["admm"],))
 
-    t = time.perf_counter()
-    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(cfg, data_ref, model_ref)
+    def start(stage: str) -> tuple[float, str]:
+        return time.perf_counter(), "cached" if cache.exists(root, stage, keys[stage]) else "succeeded"
+
+    t, how = start("pretrain")
+    state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
+        cfg, data_ref, model_ref, keys["pretrain"])
     accuracy = list(ray.get(pre_rows))
-    rec.stage("pretrain", t)
+    rec.stage("pretrain", t, how)
 
-    t = time.perf_counter()
-    admm_ref, tune_report = admm_task.options(num_cpus=0).remote(
-        cfg, data_ref, model_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}")
+    t, how = start("admm")
+    admm_ref, tune_report = admm_task.options(num_cpus=0, **retries).remote(
+        cfg, data_ref, model_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}", keys["admm"])
     tune_report = ray.get(tune_report)
-    rec.stage("admm", t)
+    rec.stage("admm", t, how)
 
     magnitude_ref = None
     if cfg.admm.compare_magnitude and cfg.admm.method == "admm":   # runs beside map and retrain
-        magnitude_ref = magnitude_task.options(num_cpus=cpus, num_gpus=gpus).remote(
-            cfg, data_ref, model_ref, state_ref, admm_ref)
+        t_magnitude, how_magnitude = start("magnitude")
+        magnitude_ref = magnitude_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
+            cfg, data_ref, model_ref, state_ref, admm_ref, keys["magnitude"])
 
-    t = time.perf_counter()
-    mapped_ref, map_rows = map_task.options(num_cpus=cpus).remote(cfg, data_ref, model_ref, admm_ref)
+    t, how = start("map")
+    mapped_ref, map_rows = map_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
+        cfg, data_ref, model_ref, admm_ref, keys["map"])
     accuracy += ray.get(map_rows)
-    rec.stage("map", t)
+    rec.stage("map", t, how)
 
-    t = time.perf_counter()
-    final_ref, retrain_rows = retrain_task.options(num_cpus=cpus, num_gpus=gpus).remote(
-        cfg, data_ref, model_ref, mapped_ref)
+    t, how = start("retrain")
+    final_ref, retrain_rows = retrain_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
+        cfg, data_ref, model_ref, mapped_ref, keys["retrain"])
     accuracy += ray.get(retrain_rows)
-    rec.stage("retrain", t)
+    rec.stage("retrain", t, how)
     if magnitude_ref is not None:
-        t = time.perf_counter()
         accuracy += ray.get(magnitude_ref)
-        rec.stage("magnitude", t)
+        rec.stage("magnitude", t_magnitude, how_magnitude)
 
     t = time.perf_counter()
     scenarios = steps.scenarios_for(cfg)
-    pending = [montecarlo_task.options(num_cpus=cpus).remote(cfg, data_ref, model_ref, final_ref, s, trials)
-               for s in scenarios for trials in _chunks(cfg.montecarlo.trials, cfg.montecarlo.chunk_size)]
+    rows: dict[tuple[str, int], dict] = {}   # one row per (scenario, trial), however often a chunk ran
+    pending, reused = [], 0
+    for s in scenarios:
+        for trials in _chunks(cfg.montecarlo.trials, cfg.montecarlo.chunk_size):
+            key = cache.stage_key(cfg, "montecarlo", (keys["retrain"],),
+                                  extra={"scenario": dataclasses.asdict(s), "trials": trials})
+            if cache.exists(root, "montecarlo", key):
+                chunk, reused = cache.load(root, "montecarlo", key), reused + 1
+                rows.update({(r["scenario_id"], r["trial"]): r for r in chunk})
+                continue
+            pending.append(montecarlo_task.options(num_cpus=cpus, **retries).remote(
+                cfg, data_ref, model_ref, final_ref, s, trials, key))
     total = len(scenarios) * cfg.montecarlo.trials
-    montecarlo: list[dict] = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
-            montecarlo += ray.get(ref)
+            rows.update({(r["scenario_id"], r["trial"]): r for r in ray.get(ref)})
         if on_montecarlo is not None:
-            on_montecarlo(len(montecarlo), total)
+            on_montecarlo(len(rows), total)
     order = {s.scenario_id: i for i, s in enumerate(scenarios)}
-    montecarlo.sort(key=lambda r: (order[r["scenario_id"]], r["trial"]))
-    rec.stage("montecarlo", t)
+    montecarlo = sorted(rows.values(), key=lambda r: (order[r["scenario_id"]], r["trial"]))
+    rec.stage("montecarlo", t, "cached" if reused and len(rows) == total and reused * cfg.montecarlo.chunk_size >= total
+              else "succeeded", chunks_reused=reused)
 
     t = time.perf_counter()
-    summary = ray.get(tables_task.options(num_cpus=cpus).remote(
+    summary = ray.get(tables_task.options(num_cpus=cpus, **retries).remote(
         cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo))
     rec.stage("tables", t)
     return summary

@@ -1,6 +1,8 @@
 """The whole pipeline on Ray with tiny settings: the tables and their invariants."""
 
+import glob
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -44,13 +46,15 @@ def run(ray_session, tmp_path_factory):
     return root, invoke_run(root, "tiny")
 
 
-def test_a_fixed_seed_gives_the_same_tables(run):
+def test_a_fixed_seed_gives_the_same_tables(run, tmp_path):
     root, _ = run
-    invoke_run(root, "tiny-again")
+    invoke_run(str(tmp_path), "tiny-again")     # a fresh root: nothing cached, everything recomputed
+    manifest = json.load(open(f"{tmp_path}/runs/tiny-again/manifest.json"))
+    assert {s["status"] for s in manifest["stages"].values()} == {"succeeded"}
     for table, keys in (("montecarlo", ["scenario_id", "trial"]), ("accuracy", ["stage", "split"]),
                         ("layers", ["variant", "layer"]), ("summary", [])):
-        frame = pd.read_parquet(f"{root}/tables/{table}")
-        a, b = (frame[frame.run_id == r].drop(columns="run_id").reset_index(drop=True) for r in ("tiny", "tiny-again"))
+        a = pd.read_parquet(f"{root}/tables/{table}/run_id=tiny")
+        b = pd.read_parquet(f"{tmp_path}/tables/{table}/run_id=tiny-again")
         if keys:
             a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
         assert len(a) > 0
@@ -139,3 +143,76 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert result.exit_code == 2 and "memadmm run" in result.output
     result = runner.invoke(main, ["run", "--set", "admm.layers={fc9: {filter: 0.5}}"])
     assert result.exit_code == 2 and "fc9" in result.output
+
+
+def test_rerunning_a_run_id_reuses_every_stage_and_gives_the_same_tables(run):
+    root, _ = run
+    before = {t: pd.read_parquet(f"{root}/tables/{t}/run_id=tiny") for t in ("montecarlo", "summary", "accuracy")}
+    invoke_run(root, "tiny")
+    manifest = json.load(open(f"{root}/runs/tiny/manifest.json"))
+    assert all(manifest["stages"][s]["status"] == "cached"
+               for s in ("pretrain", "admm", "map", "retrain", "magnitude", "montecarlo"))
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(frame, pd.read_parquet(f"{root}/tables/{table}/run_id=tiny"))
+
+
+BAD_INPUTS = [   # (arguments after the command, what the message must name)
+    (["run", "--set", "admm.epochs=abc"], ["admm.epochs", "abc"]),
+    (["run", "--set", "admm.layers.fc1.filter=1.5"], ["admm.layers.fc1.filter", "1.5"]),
+    (["run", "--set", "mapping.g_min_us=200"], ["g_min_us", "200"]),
+    (["run", "--set", "mapping.weight_bits=0"], ["mapping.weight_bits", "0"]),
+    (["run", "--set", "mapping.cell_bits=-1"], ["mapping.cell_bits", "-1"]),
+    (["run", "--set", "hardware.baseline_weight_bits=1"], ["hardware.baseline_weight_bits", "1"]),
+    (["run", "--set", "model.name=alexnet"], ["model.name", "alexnet"]),
+    (["run", "--set", "data.name=imagenet"], ["data.name", "imagenet"]),
+    (["run", "--set", "data.name=mnist", "--set", "model.name=lenet5", "--set", "admm.layers={}",
+      "--set", "tune.ratios={}", "--set", "data.root=/nonexistent/mnist"], ["data.root", "/nonexistent/mnist", "download"]),
+    (["run", "--set", "model.name=vgg16", "--set", "admm.layers={}", "--set", "tune.ratios={}"], ["model.name", "vgg16"]),
+    (["run", "--set", "admm.layers={fc9: {filter: 0.5}}"], ["admm.layers.fc9", "fc1"]),
+    (["run", "--set", "admm.layers={fc3: {filter: 0.5}}"], ["admm.layers.fc3.filter", "0.5"]),
+    (["run", "--set", "tune.ratios={fc1: {filter: [0.9, 0.1]}}"], ["tune", "0.9"]),
+    (["run", "--set", "montecarlo.scenarios=[{id: a, p_sa0: 1.5}]"], ["p_sa0", "1.5"]),
+    (["run", "--set", "montecarlo.scenarios=[{id: a, p_sa0: 0.6, p_sa1: 0.6}]"], ["p_sa0 + p_sa1", "1.2"]),
+    (["run", "--set", "montecarlo.scenarios=[{id: a}, {id: a}]"], ["scenario ids", "a"]),
+    (["run", "--set", "montecarlo.scenarios=[{id: a, sigma: -0.1, variation: lognormal}]"], ["sigma", "-0.1"]),
+    (["run", "--set", "retrain.noise_sigma=0.2"], ["noise_variation", "0.2"]),
+    (["run", "--set", "mapping.progressive_fractions=[0.9, 0.5]"], ["progressive_fractions", "0.9"]),
+    (["run", "--set", "seed=-3"], ["seed", "-3"]),
+    (["run", "--set", "data.unknown=1"], ["data.unknown", "unknown field"]),
+    (["run", "--set", "admm.epochs"], ["--set", "KEY=VALUE"]),
+    (["run", "--config", "no-such-preset"], ["no-such-preset", "quick"]),
+    (["run", "--config", "/nonexistent/config.yaml"], ["/nonexistent/config.yaml"]),
+    (["run", "--address", "127.0.0.1:1"], ["--address", "127.0.0.1:1"]),
+    (["estimate", "--model", "lenet5", "--compression", "0.5", "--no-write"], ["--compression", "0.5"]),
+]
+
+
+@pytest.mark.parametrize("command, named", BAD_INPUTS, ids=[" ".join(a[1:3]) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_naming_field_and_value_and_leaves_earlier_runs_alone(run, command, named, tmp_path):
+    root, _ = run
+    before = {p: open(p, "rb").read() for p in glob.glob(f"{root}/**/*", recursive=True) if os.path.isfile(p)}
+    result = CliRunner().invoke(main, [*command, "--set", f"output.root={root}"] if command[0] == "run" else command)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    for text in named:
+        assert text in result.output, (text, result.output)
+    after = {p: open(p, "rb").read() for p in glob.glob(f"{root}/**/*", recursive=True) if os.path.isfile(p)}
+    assert after == before
+
+
+def test_an_unwritable_root_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["run", "--set", f"output.root={blocker}/results"])
+    assert result.exit_code == 2 and "output.root" in result.output and str(blocker) in result.output
+
+
+def test_a_real_process_prints_one_line_and_no_traceback():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--set", "mapping.weight_bits=0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "mapping.weight_bits" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
