@@ -12,7 +12,8 @@ A stage's key hashes its own config sections and its inputs' keys:
 Outputs live under <root>/cache/<stage>/<key>.pt, written atomically (a
 temporary name, then a move), by the Ray task that computed them. `memadmm
 run --run-id X` after a crash finds them and skips those stages and chunks;
-a run with another id and the same settings reuses them too. Stored objects
+a run with another id and the same settings reuses them too. A memory:// root
+lives in the driver's process only, so nothing is cached there. Stored objects
 are plain tensors, numbers and strings (torch.load with weights_only=True).
 """
 
@@ -57,11 +58,18 @@ def model_fingerprint(model: torch.nn.Module | None) -> str | None:
     return f"{type(model).__qualname__}:{h.hexdigest()[:16]}"
 
 
+def process_local(root: str) -> bool:
+    """A filesystem that lives inside one process (memory://): Ray workers cannot share it."""
+    return root.startswith("memory://")
+
+
 def _path(root: str, stage: str, key: str) -> str:
     return f"{root.rstrip('/')}/cache/{stage}/{key}.pt"
 
 
 def exists(root: str, stage: str, key: str) -> bool:
+    if process_local(root):
+        return False
     fs, path = fsspec.core.url_to_fs(_path(root, stage, key))
     return fs.exists(path)
 
@@ -85,7 +93,10 @@ def save(root: str, stage: str, key: str, obj) -> None:
 
 
 def cached(root: str, stage: str, key: str, compute: Callable[[], Any]):
-    """The stored output under (stage, key), or compute it, store it and return it."""
+    """The stored output under (stage, key), or compute it, store it and return it.
+    A process-local root (memory://) caches nothing: the worker's copy would be invisible."""
+    if process_local(root):
+        return compute()
     if exists(root, stage, key):
         return load(root, stage, key)
     result = compute()

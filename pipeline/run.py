@@ -105,8 +105,7 @@ def montecarlo_task(cfg: Config, data, model, mapped, scenario, trials: list[int
         cfg, data, mapped, scenario, trials, model=model))
 
 
-@ray.remote
-def tables_task(cfg: Config, rec: "Recorder", state, admm, mapped, final, accuracy, tune_rows, montecarlo):
+def write_results(cfg: Config, rec: "Recorder", state, admm, mapped, final, accuracy, tune_rows, montecarlo):
     """Cost the final mapping, save the artifacts, write every table; returns the summary row."""
     layers, hardware = layers_and_hardware(cfg, final)
     summary = summary_row(cfg, accuracy, layers, hardware, montecarlo, model_name=rec.model_name)
@@ -119,6 +118,9 @@ def tables_task(cfg: Config, rec: "Recorder", state, admm, mapped, final, accura
                        ("tune", tune_rows), ("montecarlo", montecarlo), ("summary", [summary])):
         rec.table(name, rows)
     return summary
+
+
+tables_task = ray.remote(write_results)
 
 
 # ---- driver ------------------------------------------------------------------------------
@@ -331,7 +333,10 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
               else "succeeded", chunks_reused=reused)
 
     t = time.perf_counter()
-    summary = ray.get(tables_task.options(num_cpus=cpus, **retries).remote(
-        cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo))
+    results = (cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo)
+    if cache.process_local(root):   # only the driver's process can see a memory:// root
+        summary = write_results(*(ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in results))
+    else:
+        summary = ray.get(tables_task.options(num_cpus=cpus, **retries).remote(*results))
     rec.stage("tables", t)
     return summary

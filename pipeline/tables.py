@@ -1,13 +1,18 @@
 """The Parquet tables: explicit Arrow schemas, hive-partitioned by run_id, atomic writes.
 
-    <root>/tables/<table>/run_id=<run_id>/part-0.parquet
+    <root>/tables/<table>/run_id=<run_id>/part-<id>.parquet
 
 `run_id` lives in the partition path, not in the files, so
 `pandas.read_parquet("<root>/tables/<table>")` reads every run at once with
-a run_id column. A write goes to a hidden temporary file in the partition
-folder (names starting with "_" are skipped by readers) and is then moved
-over part-0.parquet, so a reader never sees half a file and a re-run of a
-run id replaces its partition.
+a run_id column. A write never changes a file in place: it writes a file
+with a fresh name into a hidden staging folder (names starting with "_" are
+skipped by readers), then moves the old partition folder aside, moves the
+staging folder in, and deletes the old one. A reader sees the old partition,
+the new one, or (for an instant) none, never half of one: replacing a file
+in place is not enough, because pyarrow's dataset reader opens a path twice
+(footer, then pages) and can pair one version's footer with the other's
+pages. Moves are atomic on local and POSIX shared file systems; on object
+stores each file is written whole.
 """
 
 from __future__ import annotations
@@ -121,6 +126,17 @@ def partition_path(root: str, table: str, run_id: str) -> str:
     return f"{root.rstrip('/')}/tables/{table}/run_id={run_id}"
 
 
+def replace_folder(fs, staging: str, final: str) -> None:
+    """Move `staging` to `final`, replacing what was there; the old folder goes aside first."""
+    old = None
+    if fs.exists(final):
+        old = f"{final.rsplit('/', 1)[0]}/_old-{uuid.uuid4().hex}"
+        fs.mv(final, old, recursive=True)
+    fs.mv(staging, final, recursive=True)
+    if old is not None:
+        fs.rm(old, recursive=True)
+
+
 def write_table(root: str, table: str, run_id: str, rows: Iterable[dict], provenance: dict) -> str:
     """Write one run's rows of `table` atomically; returns the file's path."""
     if table not in SCHEMAS:
@@ -128,15 +144,16 @@ def write_table(root: str, table: str, run_id: str, rows: Iterable[dict], proven
     schema = _schema(table, provenance)
     arrow = pa.Table.from_pylist(list(rows), schema=schema)
     fs, path = fsspec.core.url_to_fs(partition_path(root, table, run_id))
-    fs.makedirs(path, exist_ok=True)
-    final = f"{path}/part-0.parquet"
-    temporary = f"{path}/_tmp-{uuid.uuid4().hex}.parquet"
+    parent = path.rsplit("/", 1)[0]
+    staging = f"{parent}/_tmp-{uuid.uuid4().hex}"
+    fs.makedirs(staging, exist_ok=True)
+    name = f"part-{uuid.uuid4().hex[:12]}.parquet"
     buffer = io.BytesIO()
     pq.write_table(arrow, buffer)
-    with fs.open(temporary, "wb") as f:
+    with fs.open(f"{staging}/{name}", "wb") as f:
         f.write(buffer.getvalue())
-    fs.mv(temporary, final)
-    return final
+    replace_folder(fs, staging, path)
+    return f"{path}/{name}"
 
 
 def read_table(root: str, table: str, run_id: str | None = None) -> pd.DataFrame:
@@ -151,7 +168,7 @@ def read_table(root: str, table: str, run_id: str | None = None) -> pd.DataFrame
         raise UserError(f"no {where}table {table!r} under {root!r}: run `memadmm run` first, "
                         f"or pass the root it wrote to")
     if run_id is not None:
-        frame = pq.read_table(f"{path}/part-0.parquet", filesystem=fs).to_pandas()
+        frame = pq.read_table(path, filesystem=fs).to_pandas()
         frame.insert(0, "run_id", run_id)
         return frame
     frame = pq.read_table(path, filesystem=fs, partitioning="hive").to_pandas()

@@ -216,3 +216,10 @@ def test_a_real_process_prints_one_line_and_no_traceback():
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "mapping.weight_bits" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_an_fsspec_memory_root_holds_every_table(ray_session):
+    invoke_run("memory://memadmm-test", "mem")
+    for table in TABLES:
+        frame = pd.read_parquet(f"memory://memadmm-test/tables/{table}")
+        assert len(frame) > 0 and set(frame["run_id"].astype(str)) == {"mem"}
