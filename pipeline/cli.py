@@ -6,7 +6,6 @@ one line naming the field and value, and exits with status 2; no traceback.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 
@@ -14,22 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hardware.errors import MemAdmmError
-from pipeline.errors import UserError
+from pipeline.errors import UserError, run_options, user_errors
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; the summary needs about 110.
 console = Console() if sys.stdout.isatty() else Console(width=120)
-
-
-def user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MemAdmmError as exc:      # UserError, and a stage's or the hardware model's refusal
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-    return wrapper
 
 
 @click.group()
@@ -38,12 +25,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "source", default="quick", show_default=True,
-              help="preset name (see `memadmm validate --list`) or YAML file")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a field, e.g. --set admm.epochs=10 (repeatable)")
+@run_options
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-@click.option("--run-id", default=None, help="run id (default: time stamp and random suffix)")
 @click.option("--quiet", is_flag=True, help="print only the summary")
 @user_errors
 def run(source, overrides, address, run_id, quiet) -> None:
@@ -217,6 +200,10 @@ def query(root, table, run_id, where, fmt) -> None:
         with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
             click.echo(frame.to_string(index=False))
 
+
+from pipeline.submit import submit as _submit  # noqa: E402 - defined after `main`, which it extends
+
+main.add_command(_submit)
 
 if __name__ == "__main__":
     main()

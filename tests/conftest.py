@@ -16,6 +16,6 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024 ** 2,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
