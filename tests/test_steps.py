@@ -86,3 +86,23 @@ def test_filter_pruning_where_the_graph_forbids_it_is_refused():
     data = steps.data_for(cfg)
     with pytest.raises(ConfigError, match="admm.layers.stem.filter.*residual"):
         steps.check_layers(cfg, steps.template_for(cfg, data, UserNet()))
+
+
+def test_tune_rows_record_failed_stopped_and_completed_trials():
+    from types import SimpleNamespace
+
+    from pipeline.tuning import tune_rows
+
+    cfg = load_config("quick", ["admm.epochs=4"])
+    graph = layer_graph(steps.template_for(cfg, steps.data_for(cfg)))
+    params = {"rho": 0.01, "ratios": {"fc1": {"filter": 0.85, "shape": 0.2}, "fc2": {"filter": 0.85}}}
+    metrics = lambda it: {"trial_id": f"t{it}", "training_iteration": it, "val_accuracy": 0.9,
+                          "weight_compression": 30.0, "crossbars": 12, "meets_target": True, "score": 0.9}
+    grid = [SimpleNamespace(metrics=metrics(4), config=params, error=None, path="/x/t4"),
+            SimpleNamespace(metrics=metrics(2), config=params, error=None, path="/x/t2"),
+            SimpleNamespace(metrics={}, config=params, error=RuntimeError("worker died"), path="/x/t_failed")]
+    rows = tune_rows(cfg, grid, "t4", graph)
+    status = {r["trial_id"]: r["status"] for r in rows}
+    assert status == {"t4": "completed", "t2": "stopped", "t_failed": "failed"}
+    assert len(rows) == 3 * 3                       # a row per trial and crossbar layer
+    assert [r["chosen"] for r in rows if r["layer"] == "fc1"] == [True, False, False]
