@@ -110,7 +110,7 @@ def estimate(cfg: Config, *, model: nn.Module, compression: float | None = None,
     mapped = map_network(model, masks, cfg.mapping.weight_bits, cascade=cfg.mapping.cascade,
                          block_tile=tile, block_layers=blocks, quantized=False)
     layers, hardware = layers_and_hardware(cfg, mapped)
-    summary = {"model": type(model).__name__ if cfg.model.name is None else cfg.model.name,
+    summary = {"model": cfg.model.name,
                "structure": structure, "weight_bits": cfg.mapping.weight_bits,
                "baseline_weight_bits": cfg.hardware.baseline_weight_bits,
                "xbar_rows": tile[0], "xbar_cols": tile[1], "cell_bits": cfg.mapping.cell_bits,

@@ -320,7 +320,7 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
                 continue
             pending.append(montecarlo_task.options(num_cpus=cpus, **retries).remote(
                 cfg, data_ref, model_ref, final_ref, s, trials, key))
-    total = len(scenarios) * cfg.montecarlo.trials
+    total, computed = len(scenarios) * cfg.montecarlo.trials, len(pending)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -329,8 +329,7 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
             on_montecarlo(len(rows), total)
     order = {s.scenario_id: i for i, s in enumerate(scenarios)}
     montecarlo = sorted(rows.values(), key=lambda r: (order[r["scenario_id"]], r["trial"]))
-    rec.stage("montecarlo", t, "cached" if reused and len(rows) == total and reused * cfg.montecarlo.chunk_size >= total
-              else "succeeded", chunks_reused=reused)
+    rec.stage("montecarlo", t, "cached" if computed == 0 else "succeeded", chunks_reused=reused)
 
     t = time.perf_counter()
     results = (cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo)
