@@ -10,7 +10,6 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from hardware import MappingSpec, load_cost_table
@@ -159,7 +158,6 @@ class Footprint:
 
     weights: int
     nonzeros: int
-    crossbars_dense: int
     crossbars: int
 
     @property
@@ -172,7 +170,7 @@ def footprint(cfg: Config, mapped: MappedNetwork) -> Footprint:
     dense = [r for r in rows if r["variant"] == "dense"]
     comp = [r for r in rows if r["variant"] == "compressed"]
     return Footprint(sum(r["weights"] for r in dense), sum(r["nonzeros"] for r in comp),
-                     sum(r["crossbars"] for r in dense), sum(r["crossbars"] for r in comp))
+                     sum(r["crossbars"] for r in comp))
 
 
 def score(val_accuracy: float, compression: float, target: float) -> float:

@@ -152,11 +152,6 @@ def layer_graph(model: nn.Module) -> LayerGraph:
     return LayerGraph(order, consumers, norms, frozenset(prunable))
 
 
-def cascade_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(producer, consumer) pairs where a pruned producer output removes consumer inputs."""
-    return layer_graph(model).cascade_pairs()
-
-
 def zero_pruned_channels(model: nn.Module, keep_out: dict[str, torch.Tensor], graph: LayerGraph) -> None:
     """Zero the bias of each pruned filter, and gamma and beta of the BatchNorms after it."""
     modules = dict(model.named_modules())

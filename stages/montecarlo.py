@@ -101,13 +101,6 @@ def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: t
     return g
 
 
-def device_levels(layer: MappedLayer, spec: MappingSpec, scenario: Scenario,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Levels read back from perturbed devices, (out, in) float; exact levels when noise-free."""
-    g, ref = program(layer, spec, scenario, generator)
-    return expand(conductance_to_levels(g, spec, reference=ref), layer.keep_out, layer.keep_in)
-
-
 class _Trial:
     """Forward hooks that make each crossbar layer compute as its devices do in one trial."""
 

@@ -9,7 +9,7 @@ import torch
 from hardware import MappingSpec
 from pipeline import steps
 from pipeline.config import load_config
-from stages.admm import admm_train, hard_project
+from stages.admm import admm_train
 from stages.data import load_digits
 from stages.mapping import map_network
 from stages.models import build_model, crossbar_layers, gemm
@@ -114,7 +114,6 @@ def test_scenario_grid_ids_are_stable_and_rows_name_every_parameter():
     assert "lognormal-sigma0.1-sa0_0.01-adc6" in ids
     data = steps.data_for(cfg)
     scenario = steps.scenarios_for(cfg)[-1]
-    from stages.mapping import MappedNetwork
     template = steps.template_for(cfg, data)
     mapped = map_network(template, {}, 4)
     rows = steps.run_montecarlo_chunk(cfg, data, mapped, scenario, [0, 1])

@@ -10,11 +10,12 @@ from stages.admm import admm_train
 from stages.data import load_digits
 from stages.errors import StageError
 from stages.mapping import MappedNetwork, layer_rows, map_network
-from stages.models import build_model, cascade_pairs, crossbar_layers, layer_graph
+from stages.models import build_model, crossbar_layers, layer_graph
 from stages.montecarlo import Scenario, run_trials, trial_seed
 from stages.projections import LayerRule
 from stages.retrain import retrain
 from stages.train import evaluate, pretrain
+from toy_models import ResidualNet
 
 TRAIN = dict(optimizer="adam", momentum=0.9, weight_decay=0.0, batch_size=64)
 
@@ -53,36 +54,19 @@ def test_unknown_model_names_allowed_ones():
 
 def test_cascade_pairs_follow_the_graph():
     mlp = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(32, 16))
-    assert cascade_pairs(mlp) == [("fc1", "fc2"), ("fc2", "fc3")]
+    assert layer_graph(mlp).cascade_pairs() == [("fc1", "fc2"), ("fc2", "fc3")]
     conv = build_model("convnet", input_shape=(1, 8, 8), num_classes=10, hidden=(4, 8))
-    assert cascade_pairs(conv) == [("conv1", "conv2"), ("conv2", "fc")]
+    assert layer_graph(conv).cascade_pairs() == [("conv1", "conv2"), ("conv2", "fc")]
     bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    assert cascade_pairs(bn) == [("0", "2")]
+    assert layer_graph(bn).cascade_pairs() == [("0", "2")]
     assert layer_graph(bn).norms["0"] == ("1",)
 
 
-class Residual(torch.nn.Module):
-    """stem -> a -> b, with b's output added to the stem's: stem and b join the sum."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.a = torch.nn.Conv2d(4, 4, 3, padding=1)
-        self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
-        self.head = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        y = self.b(torch.relu(self.a(x)))
-        y = torch.relu(x + y)
-        return self.head(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
-
-
 def test_layers_joining_a_residual_sum_are_not_filter_prunable():
-    graph = layer_graph(Residual())
-    assert graph.filter_prunable == {"a"}            # stem and b feed the addition; head is the output
-    assert graph.cascade_pairs() == [("a", "b")]
-    assert graph.order == ("stem", "a", "b", "head")
+    graph = layer_graph(ResidualNet())
+    assert graph.filter_prunable == {"inner"}        # stem and outer feed the addition; head is the output
+    assert graph.cascade_pairs() == [("inner", "outer")]
+    assert graph.order == ("stem", "inner", "outer", "head")
 
 
 def test_pruned_filters_zero_their_batchnorm_so_the_channel_is_dead():

@@ -7,6 +7,7 @@ from pipeline import steps
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from stages.models import layer_graph
+from toy_models import ResidualNet
 from pipeline.results import layers_and_hardware, summary_row
 
 TINY = ["pretrain.epochs=3", "admm.epochs=2", "admm.rho_every=1", "retrain.epochs=1",
@@ -44,27 +45,11 @@ def test_score_ranks_every_trial_that_meets_the_target_first():
     assert -1 < steps.score(0.9, 1, 25) < 0
 
 
-class UserNet(torch.nn.Module):
-    """A model the config knows nothing of: a residual join, functional ReLUs."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.inner = torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.outer = torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = torch.relu(x + self.outer(torch.relu(self.inner(x))))
-        return self.head(torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1))
-
-
 def test_a_user_model_is_mapped_layer_by_layer():
     cfg = load_config("quick-convnet", TINY + ["admm.layers={}", "tune.ratios={}",
                                                "admm.all_layers={filter: 0.5, shape: 0.25}"])
     data = steps.data_for(cfg)
-    model = UserNet()
+    model = ResidualNet()
     steps.check_layers(cfg, steps.template_for(cfg, data, model))
     state, _ = steps.run_pretrain(cfg, data, model=model)
     ratios = steps.effective_ratios(cfg, layer_graph(model), {})
@@ -85,7 +70,7 @@ def test_filter_pruning_where_the_graph_forbids_it_is_refused():
     cfg = load_config("quick-convnet", ["admm.layers={stem: {filter: 0.5}}", "tune.ratios={}"])
     data = steps.data_for(cfg)
     with pytest.raises(ConfigError, match="admm.layers.stem.filter.*residual"):
-        steps.check_layers(cfg, steps.template_for(cfg, data, UserNet()))
+        steps.check_layers(cfg, steps.template_for(cfg, data, ResidualNet()))
 
 
 def test_tune_rows_record_failed_stopped_and_completed_trials():

@@ -2,7 +2,6 @@
 
 import threading
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.tables import read_table, write_table
