@@ -303,14 +303,17 @@ def run_montecarlo_chunk(cfg: Config, data: DataSplits, mapped: MappedNetwork, s
                          trials: list[int], *, model: nn.Module | None = None) -> list[dict]:
     """`montecarlo` rows for some trials of one scenario, on the test split."""
     set_torch_threads()
+    device = resolve_device(cfg.resources.gpus_per_task)
     seeds = [trial_seed(cfg.seed, scenario.scenario_id, t) for t in trials]
     accuracies = run_trials(template_for(cfg, data, model), mapped, spec_for(cfg), scenario, seeds,
-                            data.x_test, data.y_test, calibration=data.x_train[:256])
+                            data.x_test, data.y_test, calibration=data.x_train[:256],
+                            batch_trials=cfg.montecarlo.batch_trials,
+                            device=device)
     params = {f: getattr(scenario, f) for f in SCENARIO_FIELDS}
     params["tiles"] = scenario.simulate_tiles
     params["mapping_mode"] = mapped.extra.get("mapping_mode", cfg.mapping.mode)
     return [{"scenario_id": scenario.scenario_id, **params, "trial": t, "seed": s, "accuracy": a,
-             "n_samples": len(data.y_test)}
+             "n_samples": len(data.y_test), "device": device}
             for t, s, a in zip(trials, seeds, accuracies)]
 
 

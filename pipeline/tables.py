@@ -77,6 +77,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("drift_t0_s", pa.float64()), ("tiles", pa.bool_()), ("adc_bits", pa.int64()),
         ("dac_bits", pa.int64()), ("mapping_mode", pa.string()), ("trial", pa.int64()),
         ("seed", pa.int64()), ("accuracy", pa.float64()), ("n_samples", pa.int64()),
+        ("device", pa.string()),
     ]),
     "summary": pa.schema([
         ("model", pa.string()), ("dataset", pa.string()), ("method", pa.string()),

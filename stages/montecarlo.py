@@ -24,15 +24,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hardware import (MappingSpec, additive_variation, compact, conductance_to_levels, drift, expand,
-                      levels_to_conductance, lognormal_variation, read_noise_weight_variance,
-                      reference_conductance, stuck_at_faults)
+from hardware import (
+    MappingSpec,
+    additive_variation,
+    compact,
+    conductance_to_levels,
+    drift,
+    levels_to_conductance,
+    lognormal_variation,
+    read_noise_weight_variance,
+    reference_conductance,
+    stuck_at_faults,
+)
 from stages.errors import StageError
 from stages.mapping import MappedLayer, MappedNetwork
 from stages.models import crossbar_layers
 from stages.projections import weights_from_levels
 from stages.tiles import calibrate_adc_ranges, crossbar_matmul, unfold_conv_input
-from stages.train import evaluate
 
 VARIATIONS = ("none", "lognormal", "additive")
 
@@ -88,82 +96,228 @@ def program(layer: MappedLayer, spec: MappingSpec, scenario: Scenario,
     return g, ref.repeat_interleave(spec.data_cols, dim=2)[:, :, :kept_out]
 
 
-def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: torch.Generator) -> torch.Tensor:
-    """Programming variation, then stuck-at faults, then drift, drawn in that order from `generator`."""
+def draw_plan(scenario: Scenario) -> tuple[str, ...]:
+    """The draws `perturb` makes for one tensor of devices, in order: "variation" and "drift"
+    are standard normal, "stuck" uniform [0, 1); an effect of zero strength draws nothing."""
+    plan = []
+    if scenario.variation != "none" and scenario.sigma > 0:
+        plan.append("variation")
+    if scenario.p_sa0 > 0 or scenario.p_sa1 > 0:
+        plan.append("stuck")
+    if scenario.drift_nu_std > 0:
+        plan.append("drift")
+    return tuple(plan)
+
+
+def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: torch.Generator | None,
+            noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Programming variation, then stuck-at faults, then drift, drawn in that order from `generator`,
+    or taken from `noise` ({name in draw_plan: draws broadcasting with g}, e.g. one row per trial)."""
+    noise = noise or {}
     if scenario.variation == "lognormal":
-        g = lognormal_variation(g, scenario.sigma, generator, spec.g_min_us, spec.g_max_us)
+        g = lognormal_variation(g, scenario.sigma, generator, spec.g_min_us, spec.g_max_us,
+                                noise=noise.get("variation"))
     elif scenario.variation == "additive":
-        g = additive_variation(g, scenario.sigma, generator, spec.g_min_us, spec.g_max_us)
-    g = stuck_at_faults(g, scenario.p_sa0, scenario.p_sa1, generator, spec.g_min_us, spec.g_max_us)
+        g = additive_variation(g, scenario.sigma, generator, spec.g_min_us, spec.g_max_us,
+                               noise=noise.get("variation"))
+    g = stuck_at_faults(g, scenario.p_sa0, scenario.p_sa1, generator, spec.g_min_us, spec.g_max_us,
+                        noise=noise.get("stuck"))
     if scenario.drift_nu > 0 or scenario.drift_nu_std > 0:
         g = drift(g, scenario.drift_nu, scenario.drift_nu_std, scenario.drift_t_s, scenario.drift_t0_s,
-                  generator)
+                  generator, noise=noise.get("drift"))
     return g
 
 
-class _Trial:
-    """Forward hooks that make each crossbar layer compute as its devices do in one trial."""
+EVAL_SAMPLES = 4096   # samples (times trials) per forward pass, as stages.train.evaluate
+
+
+class _Layer:
+    """One crossbar layer as its crossbars compute it: kept rows and columns only.
+
+    Linear: x[..., kept_in] @ W_kept^T. Conv2d: a conv over the input channels
+    that keep any (c, kh, kw) column, with the kept filters; shape-pruned
+    columns inside a kept channel are zeros of its weight. Outputs of pruned
+    filters are exact zeros (plus the bias, as the module computes them).
+    """
+
+    def __init__(self, module: nn.Module, layer: MappedLayer, spec: MappingSpec, device):
+        self.module, self.layer, self.conv = module, layer, isinstance(module, nn.Conv2d)
+        if self.conv and module.groups != 1:
+            raise StageError(f"montecarlo: layer {layer.name!r} is a grouped Conv2d (groups={module.groups}); "
+                             "allowed: groups=1 (a crossbar layer is one GEMM)")
+        self.out_idx = layer.keep_out.nonzero().squeeze(1).to(device)
+        self.in_idx = layer.keep_in.nonzero().squeeze(1).to(device)
+        if self.conv:   # kept input channels, and each kept column's place in (kept channels, kh, kw)
+            taps = module.kernel_size[0] * module.kernel_size[1]
+            channels = layer.keep_in.view(module.in_channels, taps).any(1)
+            self.channel_idx = channels.nonzero().squeeze(1).to(device)
+            place = torch.full((module.in_channels, taps), -1, dtype=torch.long)
+            place[channels] = torch.arange(int(channels.sum()) * taps).view(-1, taps)
+            self.col_place = place.flatten()[layer.keep_in].to(device)
+            self.width = int(channels.sum()) * taps
+        self.g = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec).to(device)
+        self.ref = None
+        if spec.sign_scheme == "offset":   # one reference column per crossbar (per data_cols outputs)
+            blocks = -(-self.g.shape[-2] // spec.data_cols)
+            self.ref = reference_conductance(spec, self.g.shape[-1]).expand(-1, -1, blocks, -1).contiguous().to(device)
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The device tensors a trial programs, in program()'s order: the array, then the reference columns."""
+        return [("g", tuple(self.g.shape))] + ([("ref", tuple(self.ref.shape))] if self.ref is not None else [])
+
+    def kernel(self, weights: torch.Tensor) -> torch.Tensor:
+        """(T, kept_out, kept_in) -> the per-trial weight the compacted forward uses."""
+        if not self.conv:
+            return weights
+        m = self.module
+        full = weights.new_zeros(*weights.shape[:-1], self.width)
+        full[..., self.col_place] = weights
+        return full.reshape(weights.shape[0] * weights.shape[1], -1, *m.kernel_size)   # (T * kept_out, Ck, kh, kw)
+
+    def gemm_input(self, x: torch.Tensor, trials: int):
+        """Per trial, the kept GEMM inputs (T, rows, kept_in) and a fold back to the module's output layout."""
+        if self.conv:
+            x2d, fold = unfold_conv_input(x, self.module)
+            return x2d[:, self.in_idx].reshape(trials, -1, self.in_idx.numel()), fold
+        return x.reshape(trials, -1, x.shape[-1])[..., self.in_idx], None
+
+    def grouped_conv(self, x: torch.Tensor, kernel: torch.Tensor, trials: int) -> torch.Tensor:
+        """Grouped conv of each trial's kept input channels with its kernel -> (T, N, kept_out, H', W')."""
+        m = self.module
+        x = x[:, self.channel_idx]
+        if m.padding_mode != "zeros":
+            x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
+        else:
+            padding = m.padding
+        n = x.shape[0] // trials
+        x = x.reshape(trials, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
+        y = F.conv2d(x, kernel, None, m.stride, padding, m.dilation, groups=trials)
+        return y.reshape(n, trials, -1, *y.shape[2:]).transpose(0, 1)
+
+    def scatter(self, y_kept: torch.Tensor, dim: int) -> torch.Tensor:
+        """The module's output from its kept outputs along `dim` (the channel axis): the bias
+        everywhere, plus the kept outputs at the kept filters' places."""
+        m, shape = self.module, list(y_kept.shape)
+        shape[dim] = m.out_channels if self.conv else m.out_features
+        if m.bias is None:
+            return y_kept.new_zeros(shape).index_copy_(dim, self.out_idx, y_kept)
+        view = [1] * len(shape)
+        view[dim] = -1
+        bias = m.bias.view(view)
+        return bias.expand(shape).clone().index_copy_(dim, self.out_idx, y_kept + bias[self.out_idx]
+                                                      if dim == len(shape) - 1 else
+                                                      y_kept + bias.index_select(dim, self.out_idx))
+
+
+class _Trials:
+    """Monte-Carlo trials of one scenario, several at a time: each trial programs every device of
+    every kept crossbar block from its own generator (trial-major, layers in forward order: the
+    same draws whether it runs alone or with others), into preallocated buffers; the perturbation,
+    read-back and forward pass then run for all of them at once, the trials stacked on the batch
+    axis of the non-crossbar layers and batched through each crossbar layer."""
 
     def __init__(self, model: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
-                 ranges: dict | None):
-        self.model, self.mapped, self.spec, self.scenario, self.ranges = model, mapped, spec, scenario, ranges
-        self.layers = crossbar_layers(model)
+                 ranges: dict | None, device, capacity: int):
+        self.model, self.spec, self.scenario, self.ranges = model, spec, scenario, ranges
+        self.device, self.capacity = torch.device(device), capacity
+        modules = crossbar_layers(model)
+        self.layers = {name: _Layer(modules[name], layer, spec, self.device) for name, layer in mapped.layers.items()}
+        self.plan = draw_plan(scenario)
+        self.buffers = {(name, tensor, kind): torch.empty(capacity, *shape, device=self.device)
+                        for name, layer in self.layers.items() for tensor, shape in layer.shapes()
+                        for kind in self.plan}
+        self.generators: list[torch.Generator] = []
+        self.weights: dict[str, torch.Tensor] = {}
         self.devices: dict[str, torch.Tensor] = {}
         self.variance: dict[str, torch.Tensor] = {}
-        self.generator = torch.Generator()
 
-    def program(self, seed: int) -> None:
-        """Program every layer's devices (layers in forward order, one generator) and set the weights."""
-        self.generator.manual_seed(seed)
-        with torch.no_grad():
-            for name, layer in self.mapped.layers.items():
-                g, ref = program(layer, self.spec, self.scenario, self.generator)
-                self.devices[name] = g
-                levels = expand(conductance_to_levels(g, self.spec, reference=ref), layer.keep_out, layer.keep_in)
-                self.layers[name].weight.copy_(weights_from_levels(levels, layer.alpha).reshape(layer.weight_shape))
-                if self.scenario.read_noise > 0:
-                    var = read_noise_weight_variance(g, self.spec, layer.alpha, self.scenario.read_noise,
-                                                     reference=ref)
-                    self.variance[name] = expand(var, layer.keep_out, layer.keep_in).reshape(layer.weight_shape)
+    def program(self, seeds: list[int]) -> None:
+        """Draw and apply each trial's programming noise; set each layer's per-trial weights."""
+        trials = len(seeds)
+        if not 1 <= trials <= self.capacity:
+            raise StageError(f"trials per batch: got {trials}; allowed: 1 to {self.capacity}")
+        self.generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        for t, generator in enumerate(self.generators):   # trial-major: as if each trial ran alone
+            for name, layer in self.layers.items():
+                for tensor, shape in layer.shapes():
+                    for kind in self.plan:
+                        sample = torch.randn if kind != "stuck" else torch.rand
+                        sample(shape, generator=generator, out=self.buffers[name, tensor, kind][t])
+        s = self.scenario
+        for name, layer in self.layers.items():
+            noise = {kind: self.buffers[name, "g", kind][:trials] for kind in self.plan}
+            g = perturb(layer.g.expand(trials, *layer.g.shape), self.spec, s, None, noise)
+            ref = None
+            if layer.ref is not None:
+                noise = {kind: self.buffers[name, "ref", kind][:trials] for kind in self.plan}
+                ref = perturb(layer.ref.expand(trials, *layer.ref.shape), self.spec, s, None, noise)
+                ref = ref.repeat_interleave(self.spec.data_cols, dim=-2)[..., :g.shape[-2], :]
+            self.devices[name] = g
+            self.weights[name] = layer.kernel(weights_from_levels(
+                conductance_to_levels(g, self.spec, reference=ref), layer.layer.alpha))
+            if s.read_noise > 0:
+                var = read_noise_weight_variance(g, self.spec, layer.layer.alpha, s.read_noise, reference=ref)
+                self.variance[name] = var if s.simulate_tiles or not layer.conv else layer.kernel(var)
+
+    @torch.inference_mode()
+    def accuracies(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """Top-1 test accuracy of each programmed trial on (x, y)."""
+        trials = len(self.generators)
+        self.model.eval()
+        correct = torch.zeros(trials, dtype=torch.long, device=self.device)
+        step = max(1, EVAL_SAMPLES // trials)
+        with self:
+            for start in range(0, len(x), step):
+                xb = x[start:start + step].to(self.device)
+                logits = self.model(xb.repeat(trials, *([1] * (xb.dim() - 1))))
+                predicted = logits.reshape(trials, len(xb), -1).argmax(-1)
+                correct += (predicted == y[start:start + step].to(self.device)).sum(1)
+        return [c / len(x) for c in correct.tolist()]
 
     def __enter__(self):
-        s = self.scenario
-        self.handles = [] if not (s.simulate_tiles or s.read_noise > 0) else [
-            module.register_forward_hook(functools.partial(self._forward, name))
-            for name, module in self.layers.items()]
+        for name, layer in self.layers.items():
+            layer.module.forward = functools.partial(self._forward, name)
         return self
 
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        for layer in self.layers.values():
+            del layer.module.forward
 
-    def _forward(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = inputs[0]
-        if self.scenario.simulate_tiles:
-            output = self._tiles(name, module, x)
-        if self.scenario.read_noise > 0:
-            var = self.variance[name]
-            spread = (F.conv2d(x * x, var, None, module.stride, module.padding, module.dilation, module.groups)
-                      if isinstance(module, nn.Conv2d) else (x * x) @ var.T)
-            noise = torch.randn(output.shape, generator=self.generator, dtype=output.dtype)
-            output = output + spread.clamp_min(0).sqrt() * noise
-        return output
+    def _forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for every trial: x and the result stack the trials on the batch axis."""
+        layer, s, trials = self.layers[name], self.scenario, len(self.generators)
+        m = layer.module
+        if s.simulate_tiles or not layer.conv:   # one GEMM per trial on the kept rows and columns
+            x_kept, fold = layer.gemm_input(x, trials)
+            if s.simulate_tiles:
+                lo, hi, adc = self.ranges[name]
+                y = crossbar_matmul(x_kept, self.devices[name], self.spec, layer.layer.alpha,
+                                    adc_bits=s.adc_bits or None, dac_bits=s.dac_bits or None,
+                                    x_range=(lo, hi), adc_ranges=adc)
+            else:
+                y = torch.bmm(x_kept, self.weights[name].transpose(1, 2))
+            if s.read_noise > 0:
+                spread = torch.bmm(x_kept * x_kept, self.variance[name].transpose(1, 2))
+                y = y + spread.clamp_min(0).sqrt() * self._normal(name, y.shape)
+            if fold is None:
+                return layer.scatter(y, dim=-1).reshape(-1, m.out_features)
+            return fold(layer.scatter(y.reshape(-1, y.shape[-1]), dim=-1))
+        y = layer.grouped_conv(x, self.weights[name], trials)   # a grouped conv over the trials
+        if s.read_noise > 0:
+            spread = layer.grouped_conv(x * x, self.variance[name], trials)
+            y = y + spread.clamp_min(0).sqrt() * self._normal(name, y.shape)
+        return layer.scatter(y, dim=2).flatten(0, 1)
 
-    def _tiles(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        layer, s = self.mapped.layers[name], self.scenario
-        fold = None
-        if isinstance(module, nn.Conv2d):
-            x, fold = unfold_conv_input(x, module)
-        lo, hi, adc = self.ranges[name]
-        y_kept = crossbar_matmul(x[:, layer.keep_in], self.devices[name], self.spec, layer.alpha,
-                                 adc_bits=s.adc_bits or None, dac_bits=s.dac_bits or None,
-                                 x_range=(lo, hi), adc_ranges=adc)
-        y = x.new_zeros(x.shape[0], layer.keep_out.numel())
-        y[:, layer.keep_out] = y_kept
-        y = fold(y) if fold is not None else y
-        if module.bias is not None:
-            y = y + (module.bias[None, :, None, None] if fold is not None else module.bias)
-        return y
+    def _normal(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Read noise: standard normal draws of `shape` (trials first), each trial's from its generator."""
+        key = (name, "read", tuple(shape))
+        if key not in self.buffers:
+            self.buffers = {k: v for k, v in self.buffers.items() if k[1] != "read" or k[0] != name}
+            self.buffers[key] = torch.empty(shape, device=self.device)
+        out = self.buffers[key]
+        for t, generator in enumerate(self.generators):
+            torch.randn(shape[1:], generator=generator, out=out[t])
+        return out
 
 
 @torch.inference_mode()
@@ -190,24 +344,33 @@ def input_ranges(model: nn.Module, mapped: MappedNetwork, spec: MappingSpec,
 
 def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
                seeds: list[int], x: torch.Tensor, y: torch.Tensor,
-               calibration: torch.Tensor | None = None) -> list[float]:
+               calibration: torch.Tensor | None = None, *, batch_trials: int = 16,
+               device: str = "cpu") -> list[float]:
     """Test accuracy of each trial, in the order of `seeds`.
 
-    Tile simulation calibrates the DAC input range and the ADC ranges on `calibration`
-    inputs (training data; default: the first 256 of x) through the ideal mapped model.
+    batch_trials trials are programmed and evaluated together (1: one at a
+    time); a trial's accuracy does not depend on which others share its batch.
+    device: where devices are sampled and the network runs ("cuda" samples the
+    noise on the GPU, from CUDA generators: the same seed gives other draws
+    than on the CPU). Tile simulation calibrates the DAC input range and the
+    ADC ranges on `calibration` inputs (training data; default: the first 256
+    of x) through the ideal mapped model.
     """
+    if isinstance(batch_trials, bool) or not isinstance(batch_trials, int) or batch_trials < 1:
+        raise StageError(f"batch_trials: got {batch_trials!r}; allowed: an integer >= 1")
     spec = spec.with_weight_bits(mapped.weight_bits)
     if scenario.simulate_tiles and spec.sign_scheme != "differential":
         raise StageError(f"montecarlo scenario {scenario.scenario_id!r}: tile-level simulation (tiles, "
                          f"adc_bits, dac_bits) needs mapping.sign_scheme 'differential'; got {spec.sign_scheme!r}")
-    model = mapped.load_into(template)
+    model = mapped.load_into(template).to(device)
     ranges = None
     if scenario.simulate_tiles:
-        ranges = input_ranges(model, mapped, spec, calibration if calibration is not None else x[:256])
-    trial = _Trial(model, mapped, spec, scenario, ranges)
+        ranges = input_ranges(model, mapped, spec, (calibration if calibration is not None else x[:256]).to(device))
+    capacity = max(1, min(batch_trials, len(seeds)))
+    trials = _Trials(model, mapped, spec, scenario, ranges, device, capacity)
+    x, y = x.to(device), y.to(device)   # resident for every batch of trials
     accuracies = []
-    for seed in seeds:
-        trial.program(seed)
-        with trial:
-            accuracies.append(evaluate(model, x, y))
+    for start in range(0, len(seeds), capacity):
+        trials.program(seeds[start:start + capacity])
+        accuracies += trials.accuracies(x, y)
     return accuracies

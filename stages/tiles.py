@@ -63,10 +63,10 @@ def _float_tensor(name: str, value, dims: int) -> torch.Tensor:
     return value
 
 
-def _conductances(G, spec: MappingSpec) -> torch.Tensor:
-    """G checked to be (polarity, slices, kept_out, kept_in) for this spec."""
-    G = _float_tensor("G", G, 4)
-    if tuple(G.shape[:2]) != (spec.polarity, spec.slices):
+def _conductances(G, spec: MappingSpec, dims: int = 4) -> torch.Tensor:
+    """G checked to be ([T,] polarity, slices, kept_out, kept_in) for this spec (dims 4, or 5 with trials)."""
+    G = _float_tensor("G", G, dims)
+    if tuple(G.shape[-4:-2]) != (spec.polarity, spec.slices):
         raise StageError(f"G: got shape {tuple(G.shape)}; allowed: ({spec.polarity}, {spec.slices}, "
                          f"kept_out, kept_in), polarity and slices of weight_bits={spec.weight_bits}, "
                          f"cell_bits={spec.cell_bits}")
@@ -126,8 +126,10 @@ def uniform_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
 
 
 def bitline_currents(x_tile: torch.Tensor, G_tile: torch.Tensor) -> torch.Tensor:
-    """Analog partial sums of one tile: (B, rows) inputs x (P, S, cols, rows) uS -> (B, P, S, cols)."""
-    return torch.einsum("bi,psoi->bpso", x_tile, G_tile)
+    """Analog partial sums of one tile: (..., B, rows) inputs x (..., P, S, cols, rows) uS -> (..., B, P, S, cols).
+
+    Leading dims (Monte-Carlo trials) must match; without them this is one array."""
+    return torch.einsum("...bi,...psoi->...bpso", x_tile, G_tile)
 
 
 def _place_values(spec: MappingSpec, device) -> torch.Tensor:
@@ -137,13 +139,13 @@ def _place_values(spec: MappingSpec, device) -> torch.Tensor:
 
 
 def tile_output(currents: torch.Tensor, input_sum: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
-    """Digital side of one tile: (B, P, S, cols) currents and (B,) input sums -> (B, cols) levels-times-x.
+    """Digital side of one tile: (..., B, P, S, cols) currents and (..., B) input sums -> (..., B, cols).
 
     digits = (I - g_min_us * sum(x)) / g_step_us; shift-and-add over slices; G+ minus G-.
     """
-    digits = (currents - spec.g_min_us * input_sum[:, None, None, None]) / spec.g_step_us
-    magnitudes = torch.einsum("bpso,s->bpo", digits, _place_values(spec, currents.device))  # (B, P, cols)
-    return magnitudes[:, 0] - magnitudes[:, 1]
+    digits = (currents - spec.g_min_us * input_sum[..., None, None, None]) / spec.g_step_us
+    magnitudes = torch.einsum("...pso,s->...po", digits, _place_values(spec, currents.device))  # (..., B, P, cols)
+    return magnitudes[..., 0, :] - magnitudes[..., 1, :]
 
 
 # ----------------------------------------------------------------------------- layer
@@ -156,7 +158,9 @@ def crossbar_matmul(x: torch.Tensor, G: torch.Tensor, spec: MappingSpec, alpha: 
     """One compacted layer's output computed tile by tile through DACs, crossbars and ADCs.
 
     x: (B, kept_in) float inputs. G: (polarity, slices, kept_out, kept_in)
-    microsiemens, taken as given (noisy devices stay noisy). alpha: weight scale
+    microsiemens, taken as given (noisy devices stay noisy). Several trials at
+    once: x (T, B, kept_in) and G (T, polarity, slices, kept_out, kept_in),
+    trial t's inputs through trial t's devices, giving (T, B, kept_out). alpha: weight scale
     (weight = alpha * level). dac_bits: input resolution over x_range = (lo, hi),
     inputs clipped to it (x_range is needed with dac_bits, ignored without).
     adc_bits: resolution of every crossbar's ADC over its own [lo, hi] from
@@ -166,27 +170,39 @@ def crossbar_matmul(x: torch.Tensor, G: torch.Tensor, spec: MappingSpec, alpha: 
     equals x @ (alpha * levels)^T up to float rounding.
     """
     spec = _spec(spec)
-    x = _float_tensor("x", x, 2)
-    G = _conductances(G, spec)
+    if isinstance(G, torch.Tensor) and G.dim() == 5:   # trials: (T, P, S, out, in) devices, (T, B, in) inputs
+        x = _float_tensor("x", x, 3)
+        if x.shape[0] != G.shape[0]:
+            raise StageError(f"x: got shape {tuple(x.shape)}; allowed: ({G.shape[0]}, B, {G.shape[4]}), "
+                             "one batch of inputs per trial of G")
+        return _crossbar_matmul(x, G, spec, alpha, adc_bits, dac_bits, x_range, adc_ranges)
+    x, G = _float_tensor("x", x, 2), _conductances(G, spec)
+    return _crossbar_matmul(x[None], G[None], spec, alpha, adc_bits, dac_bits, x_range, adc_ranges)[0]
+
+
+def _crossbar_matmul(x, G, spec, alpha, adc_bits, dac_bits, x_range, adc_ranges) -> torch.Tensor:
+    """crossbar_matmul on (T, B, kept_in) inputs and (T, P, S, kept_out, kept_in) devices."""
+    G = _conductances(G, spec, dims=5)
     alpha = _number("alpha", alpha)
-    if x.shape[1] != G.shape[3]:
-        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: (B, {G.shape[3]}), the kept_in of G")
+    if x.shape[-1] != G.shape[-1]:
+        raise StageError(f"x: got shape {tuple(x.shape[1:] if x.shape[0] == 1 else x.shape)}; allowed: "
+                         f"(B, {G.shape[-1]}), the kept_in of G")
     x64 = x.to(torch.float64)
     if dac_bits is not None:
         x64 = uniform_quantize(x64, *_x_range(x_range), _bits("dac_bits", dac_bits))
     g64 = G.to(device=x.device, dtype=torch.float64)
-    parts = tile_slices(G.shape[3], G.shape[2], spec.xbar_rows, spec.xbar_cols)
+    parts = tile_slices(G.shape[-1], G.shape[-2], spec.xbar_rows, spec.xbar_cols)
     ranges = None
     if adc_bits is not None:
         adc_bits = _bits("adc_bits", adc_bits)
         ranges = _adc_ranges(adc_ranges, len(parts), spec, x.device)
-    y = x64.new_zeros(x.shape[0], G.shape[2])                                # (B, kept_out)
+    y = x64.new_zeros(*x.shape[:-1], G.shape[-2])                            # (T, B, kept_out)
     for t, (rows, cols) in enumerate(parts):
-        x_tile = x64[:, rows]                                                # (B, rows)
-        currents = bitline_currents(x_tile, g64[:, :, cols, rows])           # (B, P, S, cols)
+        x_tile = x64[..., rows]                                              # (T, B, rows)
+        currents = bitline_currents(x_tile, g64[..., cols, rows])            # (T, B, P, S, cols)
         if ranges is not None:
             currents = uniform_quantize(currents, ranges[t, :, :, 0, None], ranges[t, :, :, 1, None], adc_bits)
-        y[:, cols] += tile_output(currents, x_tile.sum(dim=1), spec)
+        y[..., cols] += tile_output(currents, x_tile.sum(dim=-1), spec)
     return (alpha * y).to(x.dtype)
 
 
