@@ -1,4 +1,4 @@
-"""`memadmm`: run, validate, query.
+"""`memadmm`: run, validate, query, report.
 
 A user's mistake (bad config value, unknown preset, missing table) prints
 one line naming the field and value, and exits with status 2; no traceback.
@@ -27,18 +27,24 @@ def main() -> None:
 @main.command()
 @run_options
 @click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-@click.option("--quiet", is_flag=True, help="print only the summary")
+@click.option("--quiet", is_flag=True, help="print only the summary: no progress bars, no stage lines")
 @user_errors
 def run(source, overrides, address, run_id, quiet) -> None:
-    """Run the whole pipeline and write its Parquet tables under output.root."""
+    """Run the whole pipeline and write its Parquet tables under output.root.
+
+    Stage lines and live progress (Tune trials, Monte-Carlo trials) go to stderr, the summary to stdout.
+    """
     from pipeline.config import load_config
 
     cfg = load_config(source, overrides)          # refused here, before Ray starts
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from pipeline.progress import ConsoleHandler
     from pipeline.run import run_pipeline
 
-    summary = run_pipeline(cfg, run_id=run_id, address=address, preset=source)
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=None if quiet else [ConsoleHandler()])   # log lines above the bars
+    logging.getLogger("memadmm").setLevel(level)  # also where the root logger was set up before us
+    summary = run_pipeline(cfg, run_id=run_id, address=address, preset=source, progress=not quiet)
     print_summary(summary, cfg.output.root)
 
 
@@ -199,6 +205,23 @@ def query(root, table, run_id, where, fmt) -> None:
     else:
         with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
             click.echo(frame.to_string(index=False))
+
+
+@main.command()
+@click.argument("root", required=False, default="results")
+@click.option("--run-id", required=True, help="the run to report on (see `memadmm query --table summary`)")
+@click.option("--out", default=None, help="output folder or fsspec URL (default: ROOT/runs/RUN_ID/report)")
+@user_errors
+def report(root, run_id, out) -> None:
+    """Write PNG figures and summary.md for one run of ROOT (default: results)."""
+    from pipeline.report import build_report
+
+    done = build_report(root, run_id, out)
+    click.echo(f"report of run {run_id}: {done.out}/")
+    for path in done.files:
+        click.echo(f"  {path}")
+    for name, why in done.skipped.items():
+        click.echo(f"  skipped {name}: {why}")
 
 
 from pipeline.submit import submit as _submit  # noqa: E402 - defined after `main`, which it extends

@@ -7,10 +7,14 @@ mapping), whose ObjectRef goes to the next stage, and its report (table
 rows), which the driver fetches. Model state never passes through the
 driver: the tables task saves it under runs/<run_id>/artifacts/ for the user
 and writes the tables; the driver writes the run's status and manifest.
+
+The driver logs each stage's start and end (logger `memadmm`) and, when asked, draws
+live progress (pipeline.progress): Tune trials finished, Monte-Carlo trials done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -31,6 +35,7 @@ import torch
 from pipeline import cache, steps
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.progress import RunProgress, TrialEvents, follow_tune
 from pipeline.results import layers_and_hardware, summary_row
 from pipeline.tables import write_table
 from pipeline.tuning import run_search
@@ -66,9 +71,10 @@ def pretrain_task(cfg: Config, data, model, key: str):
 
 
 @ray.remote(num_returns=2)
-def admm_task(cfg: Config, data, model, state, storage_path: str, name: str, key: str):
+def admm_task(cfg: Config, data, model, state, storage_path: str, name: str, key: str, events=None):
+    """`events`: the driver's TrialEvents actor when it draws progress, else None."""
     def compute():
-        compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model)
+        compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model, events=events)
         return {"model": compressed, "masks": masks, "ratios": ratios}, {"tune": rows}
     return tuple(cache.cached(cfg.output.root, "admm", key, compute))
 
@@ -105,7 +111,7 @@ def montecarlo_task(cfg: Config, data, model, mapped, scenario, trials: list[int
         cfg, data, mapped, scenario, trials, model=model))
 
 
-def write_results(cfg: Config, rec: "Recorder", state, admm, mapped, final, accuracy, tune_rows, montecarlo):
+def write_results(cfg: Config, rec: Recorder, state, admm, mapped, final, accuracy, tune_rows, montecarlo):
     """Cost the final mapping, save the artifacts, write every table; returns the summary row."""
     layers, hardware = layers_and_hardware(cfg, final)
     summary = summary_row(cfg, accuracy, layers, hardware, montecarlo, model_name=rec.model_name)
@@ -200,6 +206,11 @@ class Recorder:
         torch.save(obj, buffer)
         self._write(f"artifacts/{stage}.pt", buffer.getvalue())
 
+    def begin(self, name: str) -> float:
+        """Log a stage's start; returns its start time for `stage`."""
+        log.info("stage %-10s started", name)
+        return time.perf_counter()
+
     def stage(self, name: str, started: float, status: str = "succeeded", **extra) -> None:
         self.stages[name] = {"status": status, "seconds": round(time.perf_counter() - started, 3), **extra}
         log.info("stage %-10s %s in %.1f s", name, status, self.stages[name]["seconds"])
@@ -234,8 +245,13 @@ def _chunks(n: int, size: int) -> list[list[int]]:
 
 def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None = None,
                  preset: str = "", on_montecarlo=None, model: torch.nn.Module | None = None,
-                 data: DataSplits | None = None) -> dict:
+                 data: DataSplits | None = None, progress: bool | RunProgress = False) -> dict:
     """Run every stage on Ray; returns the summary row. Tables are under cfg.output.root.
+
+    `on_montecarlo(done, total)` is called as Monte-Carlo chunks finish. `progress`: True
+    draws live bars on stderr (what `memadmm run` does), a pipeline.progress.RunProgress
+    draws on its console and keeps its counts; False (the default, for library use) draws
+    nothing and starts nothing for it.
 
     From Python, `model` (an untrained torch.nn.Module whose Conv2d and Linear layers go on
     crossbars; cfg.model is then ignored) and `data` (a stages.data.DataSplits) replace
@@ -250,7 +266,8 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
     rec = Recorder(cfg, run_id, preset, name)
     rec.start()
     try:
-        summary = _run(cfg, rec, data, model, address, on_montecarlo)
+        summary = _run(cfg, rec, data, model, address, on_montecarlo,
+                       RunProgress() if progress is True else progress or None)
     except BaseException:
         rec.status("failed")
         raise
@@ -258,8 +275,13 @@ def run_pipeline(cfg: Config, *, run_id: str | None = None, address: str | None 
     return {"run_id": run_id, **summary}
 
 
-def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dict:
+def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo, progress: RunProgress | None) -> dict:
     connect(cfg, address)
+    with progress if progress is not None else contextlib.nullcontext():   # bars start after Ray's own lines
+        return _stages(cfg, rec, data, model, on_montecarlo, progress)
+
+
+def _stages(cfg: Config, rec: Recorder, data, model, on_montecarlo, progress: RunProgress | None) -> dict:
     root = cfg.output.root
     cpus, gpus = cfg.resources.cpus_per_task, cfg.resources.gpus_per_task
     retries = {"max_retries": cfg.resources.task_retries}
@@ -271,7 +293,8 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
     keys["magnitude"] = cache.stage_key(cfg, "magnitude", (keys["admm"],))
 
     def start(stage: str) -> tuple[float, str]:
-        return time.perf_counter(), "cached" if cache.exists(root, stage, keys[stage]) else "succeeded"
+        how = "cached" if cache.exists(root, stage, keys[stage]) else "succeeded"
+        return rec.begin(stage), how
 
     t, how = start("pretrain")
     state_ref, pre_rows = pretrain_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
@@ -280,9 +303,18 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
     rec.stage("pretrain", t, how)
 
     t, how = start("admm")
+    events = TrialEvents.remote() if progress is not None and how != "cached" else None
     admm_ref, tune_report = admm_task.options(num_cpus=0, **retries).remote(
-        cfg, data_ref, model_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}", keys["admm"])
+        cfg, data_ref, model_ref, state_ref, _tune_storage(cfg, rec.run_id), f"admm-{rec.run_id}", keys["admm"],
+        events)
+    if progress is not None:
+        progress.tune_started(cfg.tune.num_samples)
+        if events is not None:
+            follow_tune(progress, events, tune_report)
+            ray.kill(events)
     tune_report = ray.get(tune_report)
+    if progress is not None:
+        progress.tune_done(cached=how == "cached")
     rec.stage("admm", t, how)
 
     magnitude_ref = None
@@ -306,7 +338,7 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
         accuracy += ray.get(magnitude_ref)
         rec.stage("magnitude", t_magnitude, how_magnitude)
 
-    t = time.perf_counter()
+    t = rec.begin("montecarlo")
     scenarios = steps.scenarios_for(cfg)
     rows: dict[tuple[str, int], dict] = {}   # one row per (scenario, trial), however often a chunk ran
     pending, reused = [], 0
@@ -318,20 +350,24 @@ def _run(cfg: Config, rec: Recorder, data, model, address, on_montecarlo) -> dic
                 chunk, reused = cache.load(root, "montecarlo", key), reused + 1
                 rows.update({(r["scenario_id"], r["trial"]): r for r in chunk})
                 continue
-            pending.append(montecarlo_task.options(num_cpus=cpus, **retries).remote(
+            pending.append(montecarlo_task.options(num_cpus=cpus, num_gpus=gpus, **retries).remote(
                 cfg, data_ref, model_ref, final_ref, s, trials, key))
     total, computed = len(scenarios) * cfg.montecarlo.trials, len(pending)
+    if progress is not None:
+        progress.montecarlo(len(rows), total)        # chunks reused from the cache count as done
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
             rows.update({(r["scenario_id"], r["trial"]): r for r in ray.get(ref)})
         if on_montecarlo is not None:
             on_montecarlo(len(rows), total)
+        if progress is not None:
+            progress.montecarlo(len(rows), total)
     order = {s.scenario_id: i for i, s in enumerate(scenarios)}
     montecarlo = sorted(rows.values(), key=lambda r: (order[r["scenario_id"]], r["trial"]))
     rec.stage("montecarlo", t, "cached" if computed == 0 else "succeeded", chunks_reused=reused)
 
-    t = time.perf_counter()
+    t = rec.begin("tables")
     results = (cfg, rec, state_ref, admm_ref, mapped_ref, final_ref, accuracy, tune_report["tune"], montecarlo)
     if cache.process_local(root):   # only the driver's process can see a memory:// root
         summary = write_results(*(ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in results))

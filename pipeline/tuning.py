@@ -10,6 +10,9 @@ the order their reports arrive in; `tune.early_stopping: none` runs every
 trial to the end, and then a seed gives the same tables every time. The
 chosen trial is the best-scoring one among trials that ran every epoch; it
 hands its projected weights and masks back through its final checkpoint.
+
+With an `events` actor (pipeline.progress.TrialEvents, made by the driver when it draws
+progress) a Tune callback puts each trial's results, completion and error into it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,20 @@ from __future__ import annotations
 import os
 import tempfile
 
+import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from pipeline.config import Config
-from pipeline.steps import admm_iterations, default_ratios, effective_ratios, run_admm, template_for
+from pipeline.steps import (
+    admm_iterations,
+    default_ratios,
+    effective_ratios,
+    run_admm,
+    template_for,
+)
 from stages.data import DataSplits
 from stages.models import LayerGraph, layer_graph
 from stages.projections import STRUCTURES
@@ -56,8 +66,43 @@ def _trainable(params: dict, cfg: Config, data: DataSplits, state: dict, model) 
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str, model=None):
-    """Run the Tuner; returns (projected state, masks, tune rows, chosen trial's ratios)."""
+class _TrialEventsCallback(tune.Callback):
+    """Puts trial events into the driver's TrialEvents actor (see pipeline.progress for their form)."""
+
+    def __init__(self, events):
+        self.events, self.sent = events, []
+
+    def _put(self, event: str, trial=None, result: dict | None = None) -> None:
+        message = {"event": event}
+        if trial is not None:
+            result = result if result is not None else (trial.last_result or {})
+            message.update(trial_id=trial.trial_id, val_accuracy=result.get("val_accuracy"),
+                           meets_target=result.get("meets_target"))
+        self.sent.append(self.events.put.remote(message))
+
+    def setup(self, **info) -> None:
+        self._put("start")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._put("result", trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._put("complete", trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._put("error", trial)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        ray.get(self.sent)   # every event has arrived before the admm task returns
+        self.sent = []
+
+
+def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str, model=None,
+               events=None):
+    """Run the Tuner; returns (projected state, masks, tune rows, chosen trial's ratios).
+
+    `events`: a pipeline.progress.TrialEvents actor handle that gets each trial's events, or None.
+    """
     iterations = admm_iterations(cfg)
     trainable = tune.with_resources(tune.with_parameters(_trainable, cfg=cfg, data=data, state=state, model=model),
                                     {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
@@ -72,7 +117,8 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
             search_alg=BasicVariantGenerator(random_state=cfg.seed),
             max_concurrent_trials=cfg.tune.max_concurrent_trials),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[_TrialEventsCallback(events)] if events is not None else None))
     grid = tuner.fit()
     finished = [r for r in grid if r.error is None and r.checkpoint is not None
                 and r.metrics.get("training_iteration") == iterations]
