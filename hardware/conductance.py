@@ -48,11 +48,12 @@ def _recombine(G: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
     the float rounding of G (a few ulps of g_max_us) of a whole number is taken
     as that number, so noise-free conductances give their values back exactly.
     """
-    digits = (G.to(torch.float64) - spec.g_min_us) / spec.g_step_us    # (..., S, out, in)
+    digits = G.to(torch.float64, copy=True).sub_(spec.g_min_us).div_(spec.g_step_us)   # (..., S, out, in)
     tolerance = 4 * torch.finfo(G.dtype).eps * spec.g_max_us / spec.g_step_us
     whole = digits.round()
-    digits = torch.where((digits - whole).abs() <= tolerance, whole, digits)
-    return torch.einsum("...soi,s->...oi", digits, _slice_weights(spec, G.device))
+    off = digits.sub_(whole)                 # exact (Sterbenz): whole + off gives digits back bit for bit
+    far = off.abs().sub_(tolerance).relu_().sign_()                    # 1 where |off| > tolerance, else 0
+    return torch.einsum("...soi,s->...oi", whole.add_(off.mul_(far)), _slice_weights(spec, G.device))
 
 
 def _slice_weights(spec: MappingSpec, device) -> torch.Tensor:

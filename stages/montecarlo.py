@@ -40,7 +40,7 @@ from stages.errors import StageError
 from stages.mapping import MappedLayer, MappedNetwork
 from stages.models import crossbar_layers
 from stages.projections import weights_from_levels
-from stages.tiles import calibrate_adc_ranges, crossbar_matmul, unfold_conv_input
+from stages.tiles import Crossbars, calibrate_adc_ranges, unfold_conv_input
 
 VARIATIONS = ("none", "lognormal", "additive")
 
@@ -128,7 +128,9 @@ def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: t
     return g
 
 
-EVAL_SAMPLES = 4096   # samples (times trials) per forward pass, as stages.train.evaluate
+EVAL_SAMPLES = 32          # test samples per trial in one forward pass (default): the same for every batch
+                           # size, so a trial's arithmetic (and accuracy) does not depend on the trials beside it
+DEVICE_BUDGET = 256 << 20  # bytes of device tensors (buffers, perturbed copies, float64 read-back) per batch
 
 
 class _Layer:
@@ -155,6 +157,7 @@ class _Layer:
             place[channels] = torch.arange(int(channels.sum()) * taps).view(-1, taps)
             self.col_place = place.flatten()[layer.keep_in].to(device)
             self.width = int(channels.sum()) * taps
+        self.kept_bias = module.bias.detach()[self.out_idx] if module.bias is not None else None
         self.g = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec).to(device)
         self.ref = None
         if spec.sign_scheme == "offset":   # one reference column per crossbar (per data_cols outputs)
@@ -178,13 +181,13 @@ class _Layer:
         """Per trial, the kept GEMM inputs (T, rows, kept_in) and a fold back to the module's output layout."""
         if self.conv:
             x2d, fold = unfold_conv_input(x, self.module)
-            return x2d[:, self.in_idx].reshape(trials, -1, self.in_idx.numel()), fold
-        return x.reshape(trials, -1, x.shape[-1])[..., self.in_idx], None
+            return x2d.index_select(1, self.in_idx).reshape(trials, -1, self.in_idx.numel()), fold
+        return x.reshape(trials, -1, x.shape[-1]).index_select(-1, self.in_idx), None
 
     def grouped_conv(self, x: torch.Tensor, kernel: torch.Tensor, trials: int) -> torch.Tensor:
         """Grouped conv of each trial's kept input channels with its kernel -> (T, N, kept_out, H', W')."""
         m = self.module
-        x = x[:, self.channel_idx]
+        x = x.index_select(1, self.channel_idx)
         if m.padding_mode != "zeros":
             x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
         else:
@@ -203,10 +206,8 @@ class _Layer:
             return y_kept.new_zeros(shape).index_copy_(dim, self.out_idx, y_kept)
         view = [1] * len(shape)
         view[dim] = -1
-        bias = m.bias.view(view)
-        return bias.expand(shape).clone().index_copy_(dim, self.out_idx, y_kept + bias[self.out_idx]
-                                                      if dim == len(shape) - 1 else
-                                                      y_kept + bias.index_select(dim, self.out_idx))
+        return (m.bias.view(view).expand(shape).clone()
+                .index_copy_(dim, self.out_idx, y_kept + self.kept_bias.view(view)))
 
 
 class _Trials:
@@ -217,8 +218,9 @@ class _Trials:
     axis of the non-crossbar layers and batched through each crossbar layer."""
 
     def __init__(self, model: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
-                 ranges: dict | None, device, capacity: int):
+                 ranges: dict | None, device, capacity: int, eval_samples: int = EVAL_SAMPLES):
         self.model, self.spec, self.scenario, self.ranges = model, spec, scenario, ranges
+        self.eval_samples = eval_samples
         self.device, self.capacity = torch.device(device), capacity
         modules = crossbar_layers(model)
         self.layers = {name: _Layer(modules[name], layer, spec, self.device) for name, layer in mapped.layers.items()}
@@ -229,6 +231,7 @@ class _Trials:
         self.generators: list[torch.Generator] = []
         self.weights: dict[str, torch.Tensor] = {}
         self.devices: dict[str, torch.Tensor] = {}
+        self.crossbars: dict[str, Crossbars] = {}
         self.variance: dict[str, torch.Tensor] = {}
 
     def program(self, seeds: list[int]) -> None:
@@ -253,6 +256,9 @@ class _Trials:
                 ref = perturb(layer.ref.expand(trials, *layer.ref.shape), self.spec, s, None, noise)
                 ref = ref.repeat_interleave(self.spec.data_cols, dim=-2)[..., :g.shape[-2], :]
             self.devices[name] = g
+            if s.simulate_tiles:
+                self.crossbars[name] = Crossbars(g, self.spec, layer.layer.alpha, adc_bits=s.adc_bits or None,
+                                                 adc_ranges=self.ranges[name][2])
             self.weights[name] = layer.kernel(weights_from_levels(
                 conductance_to_levels(g, self.spec, reference=ref), layer.layer.alpha))
             if s.read_noise > 0:
@@ -265,7 +271,7 @@ class _Trials:
         trials = len(self.generators)
         self.model.eval()
         correct = torch.zeros(trials, dtype=torch.long, device=self.device)
-        step = max(1, EVAL_SAMPLES // trials)
+        step = self.eval_samples
         with self:
             for start in range(0, len(x), step):
                 xb = x[start:start + step].to(self.device)
@@ -290,10 +296,8 @@ class _Trials:
         if s.simulate_tiles or not layer.conv:   # one GEMM per trial on the kept rows and columns
             x_kept, fold = layer.gemm_input(x, trials)
             if s.simulate_tiles:
-                lo, hi, adc = self.ranges[name]
-                y = crossbar_matmul(x_kept, self.devices[name], self.spec, layer.layer.alpha,
-                                    adc_bits=s.adc_bits or None, dac_bits=s.dac_bits or None,
-                                    x_range=(lo, hi), adc_ranges=adc)
+                lo, hi, _ = self.ranges[name]
+                y = self.crossbars[name].read(x_kept, dac_bits=s.dac_bits or None, x_range=(lo, hi))
             else:
                 y = torch.bmm(x_kept, self.weights[name].transpose(1, 2))
             if s.read_noise > 0:
@@ -342,22 +346,32 @@ def input_ranges(model: nn.Module, mapped: MappedNetwork, spec: MappingSpec,
     return ranges
 
 
+def trial_bytes(mapped: MappedNetwork, spec: MappingSpec) -> int:
+    """Bytes one trial's device tensors take while it is programmed: per device, a float32 noise
+    buffer per draw and the perturbed copy, and the float64 read-back temporaries (about 32 B)."""
+    devices = sum(int(l.keep_out.sum()) * int(l.keep_in.sum()) for l in mapped.layers.values())
+    return max(1, devices * spec.polarity * spec.slices * 32)
+
+
 def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
                seeds: list[int], x: torch.Tensor, y: torch.Tensor,
-               calibration: torch.Tensor | None = None, *, batch_trials: int = 16,
-               device: str = "cpu") -> list[float]:
+               calibration: torch.Tensor | None = None, *, batch_trials: int = 25,
+               device: str = "cpu", eval_samples: int = EVAL_SAMPLES) -> list[float]:
     """Test accuracy of each trial, in the order of `seeds`.
 
     batch_trials trials are programmed and evaluated together (1: one at a
-    time); a trial's accuracy does not depend on which others share its batch.
+    time; fewer where their devices would pass DEVICE_BUDGET), eval_samples
+    test samples per trial in each forward pass; a trial's accuracy does not
+    depend on which others share its batch (for a given eval_samples).
     device: where devices are sampled and the network runs ("cuda" samples the
     noise on the GPU, from CUDA generators: the same seed gives other draws
     than on the CPU). Tile simulation calibrates the DAC input range and the
     ADC ranges on `calibration` inputs (training data; default: the first 256
     of x) through the ideal mapped model.
     """
-    if isinstance(batch_trials, bool) or not isinstance(batch_trials, int) or batch_trials < 1:
-        raise StageError(f"batch_trials: got {batch_trials!r}; allowed: an integer >= 1")
+    for name, value in (("batch_trials", batch_trials), ("eval_samples", eval_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StageError(f"{name}: got {value!r}; allowed: an integer >= 1")
     spec = spec.with_weight_bits(mapped.weight_bits)
     if scenario.simulate_tiles and spec.sign_scheme != "differential":
         raise StageError(f"montecarlo scenario {scenario.scenario_id!r}: tile-level simulation (tiles, "
@@ -366,8 +380,8 @@ def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, sc
     ranges = None
     if scenario.simulate_tiles:
         ranges = input_ranges(model, mapped, spec, (calibration if calibration is not None else x[:256]).to(device))
-    capacity = max(1, min(batch_trials, len(seeds)))
-    trials = _Trials(model, mapped, spec, scenario, ranges, device, capacity)
+    capacity = max(1, min(batch_trials, len(seeds), DEVICE_BUDGET // trial_bytes(mapped, spec)))
+    trials = _Trials(model, mapped, spec, scenario, ranges, device, capacity, eval_samples)
     x, y = x.to(device), y.to(device)   # resident for every batch of trials
     accuracies = []
     for start in range(0, len(seeds), capacity):

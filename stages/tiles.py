@@ -126,29 +126,79 @@ def uniform_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
 
 
 def bitline_currents(x_tile: torch.Tensor, G_tile: torch.Tensor) -> torch.Tensor:
-    """Analog partial sums of one tile: (..., B, rows) inputs x (..., P, S, cols, rows) uS -> (..., B, P, S, cols).
-
-    Leading dims (Monte-Carlo trials) must match; without them this is one array."""
-    return torch.einsum("...bi,...psoi->...bpso", x_tile, G_tile)
+    """Analog partial sums of one tile: (B, rows) inputs x (P, S, cols, rows) uS -> (B, P, S, cols)."""
+    return torch.einsum("bi,psoi->bpso", x_tile, G_tile)
 
 
-def _place_values(spec: MappingSpec, device) -> torch.Tensor:
-    """(S,) weight of each slice's digit, most significant first: 2**(cell_bits * (S-1-s))."""
-    return torch.tensor([2.0 ** (spec.cell_bits * (spec.slices - 1 - s)) for s in range(spec.slices)],
-                        dtype=torch.float64, device=device)
+def _digit_weights(spec: MappingSpec, device) -> torch.Tensor:
+    """(P*S,) float64: what one device digit adds to the level, sign of its polarity times
+    2**(cell_bits * (S-1-s)), slices most significant first (G+ then G-)."""
+    place = [2.0 ** (spec.cell_bits * (spec.slices - 1 - s)) for s in range(spec.slices)]
+    return torch.tensor(place + [-v for v in place], dtype=torch.float64, device=device)
 
 
-def tile_output(currents: torch.Tensor, input_sum: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
-    """Digital side of one tile: (..., B, P, S, cols) currents and (..., B) input sums -> (..., B, cols).
+class Crossbars:
+    """A compacted layer's devices arranged to be read tile by tile, for one or more trials.
 
-    digits = (I - g_min_us * sum(x)) / g_step_us; shift-and-add over slices; G+ minus G-.
+    Per tile (rows x cols of the kept matrix, hardware.tile_slices order): the
+    conductances as (T, rows, P*S*cols) float64, so one batched GEMM gives
+    every crossbar's bitline currents (p, s, col order), and with an ADC each
+    crossbar's [lo, hi] and step spread over its columns. Built once per
+    programming (stages.montecarlo reads them for every batch of inputs).
     """
-    digits = (currents - spec.g_min_us * input_sum[..., None, None, None]) / spec.g_step_us
-    magnitudes = torch.einsum("...pso,s->...po", digits, _place_values(spec, currents.device))  # (..., B, P, cols)
-    return magnitudes[..., 0, :] - magnitudes[..., 1, :]
 
+    def __init__(self, G: torch.Tensor, spec: MappingSpec, alpha: float, *, adc_bits: int | None = None,
+                 adc_ranges: torch.Tensor | None = None):
+        spec = _spec(spec)
+        G = _conductances(G, spec, dims=5)
+        self.spec, self.alpha, self.kept_out, self.kept_in = spec, _number("alpha", alpha), G.shape[-2], G.shape[-1]
+        self.trials = G.shape[0]
+        parts = tile_slices(self.kept_in, self.kept_out, spec.xbar_rows, spec.xbar_cols)
+        g64 = G.to(torch.float64)
+        self.weights = _digit_weights(spec, G.device) / spec.g_step_us         # (P*S,) level per uS
+        self.tiles = []
+        for rows, cols in parts:   # (T, P, S, cols, rows) -> (T, rows, P*S*cols)
+            self.tiles.append((rows, cols, g64[..., cols, rows].flatten(1, 3).transpose(1, 2).contiguous()))
+        self.adc = None
+        if adc_bits is not None:
+            adc_bits = _bits("adc_bits", adc_bits)
+            ranges = _adc_ranges(adc_ranges, len(parts), spec, G.device)      # (tiles, P, S, 2)
+            self.adc = []
+            for t, (_, cols, _) in enumerate(self.tiles):
+                n = cols.stop - cols.start
+                lo, hi = ranges[t, :, :, 0].flatten(), ranges[t, :, :, 1].flatten()   # (P*S,)
+                step = (hi - lo) / (2 ** adc_bits - 1)
+                inverse = torch.where(step > 0, 1 / torch.where(step > 0, step, 1.0), 0.0)
+                # each crossbar's bounds over its columns (P*S*cols,); a column's level is
+                # sum_ps w_ps (lo_ps + code_ps * step_ps), its ADC codes weighted
+                self.adc.append((lo.repeat_interleave(n), hi.repeat_interleave(n), inverse.repeat_interleave(n),
+                                 self.weights * step, float((self.weights * lo).sum())))
 
-# ----------------------------------------------------------------------------- layer
+    def read(self, x: torch.Tensor, *, dac_bits: int | None = None,
+             x_range: tuple[float, float] | None = None) -> torch.Tensor:
+        """(T, B, kept_in) inputs -> (T, B, kept_out) outputs, through DACs, crossbars and ADCs."""
+        x = _float_tensor("x", x, 3)
+        if x.shape[0] != self.trials or x.shape[-1] != self.kept_in:
+            raise StageError(f"x: got shape {tuple(x.shape)}; allowed: ({self.trials}, B, {self.kept_in}), "
+                             "one batch of inputs per trial, kept_in of G")
+        x64 = x.to(torch.float64)
+        if dac_bits is not None:
+            x64 = uniform_quantize(x64, *_x_range(x_range), _bits("dac_bits", dac_bits))
+        planes = len(self.weights)
+        y = x64.new_zeros(*x.shape[:-1], self.kept_out)                        # (T, B, kept_out)
+        for t, (rows, cols, g) in enumerate(self.tiles):
+            x_tile = x64[..., rows]
+            currents = torch.bmm(x_tile, g)                                    # (T, B, P*S*cols)
+            if self.adc is None:
+                part = currents.unflatten(-1, (planes, -1)).transpose(-1, -2) @ self.weights
+            else:
+                lo, hi, inverse, weights, offset = self.adc[t]
+                codes = currents.clamp_(lo, hi).sub_(lo).mul_(inverse).round_()   # each ADC's output code
+                part = codes.unflatten(-1, (planes, -1)).transpose(-1, -2) @ weights + offset
+            # minus the g_min baseline of every device: sum(x) * g_min * sum of the digit weights (0 for pairs)
+            baseline = x_tile.sum(-1, keepdim=True) * (self.spec.g_min_us * float(self.weights.sum()))
+            y[..., cols] += part - baseline
+        return (self.alpha * y).to(x.dtype)
 
 
 def crossbar_matmul(x: torch.Tensor, G: torch.Tensor, spec: MappingSpec, alpha: float, *,
@@ -160,50 +210,25 @@ def crossbar_matmul(x: torch.Tensor, G: torch.Tensor, spec: MappingSpec, alpha: 
     x: (B, kept_in) float inputs. G: (polarity, slices, kept_out, kept_in)
     microsiemens, taken as given (noisy devices stay noisy). Several trials at
     once: x (T, B, kept_in) and G (T, polarity, slices, kept_out, kept_in),
-    trial t's inputs through trial t's devices, giving (T, B, kept_out). alpha: weight scale
-    (weight = alpha * level). dac_bits: input resolution over x_range = (lo, hi),
-    inputs clipped to it (x_range is needed with dac_bits, ignored without).
-    adc_bits: resolution of every crossbar's ADC over its own [lo, hi] from
-    adc_ranges (tiles, polarity, slices, 2), tiles in hardware.tile_slices order
-    (needed with adc_bits, ignored without; see calibrate_adc_ranges).
-    Returns (B, kept_out) in x's dtype and device; with neither converter it
-    equals x @ (alpha * levels)^T up to float rounding.
+    trial t's inputs through trial t's devices, giving (T, B, kept_out).
+    alpha: weight scale (weight = alpha * level). dac_bits: input resolution
+    over x_range = (lo, hi), inputs clipped to it (x_range is needed with
+    dac_bits, ignored without). adc_bits: resolution of every crossbar's ADC
+    over its own [lo, hi] from adc_ranges (tiles, polarity, slices, 2), tiles
+    in hardware.tile_slices order (needed with adc_bits, ignored without; see
+    calibrate_adc_ranges). Returns x's dtype and device; with neither
+    converter it equals x @ (alpha * levels)^T up to float rounding.
     """
     spec = _spec(spec)
-    if isinstance(G, torch.Tensor) and G.dim() == 5:   # trials: (T, P, S, out, in) devices, (T, B, in) inputs
-        x = _float_tensor("x", x, 3)
-        if x.shape[0] != G.shape[0]:
-            raise StageError(f"x: got shape {tuple(x.shape)}; allowed: ({G.shape[0]}, B, {G.shape[4]}), "
-                             "one batch of inputs per trial of G")
-        return _crossbar_matmul(x, G, spec, alpha, adc_bits, dac_bits, x_range, adc_ranges)
-    x, G = _float_tensor("x", x, 2), _conductances(G, spec)
-    return _crossbar_matmul(x[None], G[None], spec, alpha, adc_bits, dac_bits, x_range, adc_ranges)[0]
-
-
-def _crossbar_matmul(x, G, spec, alpha, adc_bits, dac_bits, x_range, adc_ranges) -> torch.Tensor:
-    """crossbar_matmul on (T, B, kept_in) inputs and (T, P, S, kept_out, kept_in) devices."""
-    G = _conductances(G, spec, dims=5)
-    alpha = _number("alpha", alpha)
-    if x.shape[-1] != G.shape[-1]:
-        raise StageError(f"x: got shape {tuple(x.shape[1:] if x.shape[0] == 1 else x.shape)}; allowed: "
-                         f"(B, {G.shape[-1]}), the kept_in of G")
-    x64 = x.to(torch.float64)
-    if dac_bits is not None:
-        x64 = uniform_quantize(x64, *_x_range(x_range), _bits("dac_bits", dac_bits))
-    g64 = G.to(device=x.device, dtype=torch.float64)
-    parts = tile_slices(G.shape[-1], G.shape[-2], spec.xbar_rows, spec.xbar_cols)
-    ranges = None
-    if adc_bits is not None:
-        adc_bits = _bits("adc_bits", adc_bits)
-        ranges = _adc_ranges(adc_ranges, len(parts), spec, x.device)
-    y = x64.new_zeros(*x.shape[:-1], G.shape[-2])                            # (T, B, kept_out)
-    for t, (rows, cols) in enumerate(parts):
-        x_tile = x64[..., rows]                                              # (T, B, rows)
-        currents = bitline_currents(x_tile, g64[..., cols, rows])            # (T, B, P, S, cols)
-        if ranges is not None:
-            currents = uniform_quantize(currents, ranges[t, :, :, 0, None], ranges[t, :, :, 1, None], adc_bits)
-        y[..., cols] += tile_output(currents, x_tile.sum(dim=-1), spec)
-    return (alpha * y).to(x.dtype)
+    batched = isinstance(G, torch.Tensor) and G.dim() == 5
+    x = _float_tensor("x", x, 3 if batched else 2)
+    G = _conductances(G, spec, dims=5 if batched else 4)
+    if x.shape[-1] != G.shape[-1] or (batched and x.shape[0] != G.shape[0]):
+        allowed = f"({G.shape[0]}, B, {G.shape[-1]})" if batched else f"(B, {G.shape[-1]})"
+        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: {allowed}, the kept_in of G")
+    crossbars = Crossbars(G if batched else G[None], spec, alpha, adc_bits=adc_bits, adc_ranges=adc_ranges)
+    y = crossbars.read(x.to(G.device) if batched else x[None].to(G.device), dac_bits=dac_bits, x_range=x_range)
+    return (y if batched else y[0]).to(x.device)
 
 
 def calibrate_adc_ranges(G: torch.Tensor, spec: MappingSpec, x_min: float, x_max: float) -> torch.Tensor:
