@@ -128,10 +128,11 @@ def block_layers(rules: dict[str, LayerRule]) -> frozenset[str]:
     return frozenset(n for n, r in rules.items() if r.block > 0)
 
 
-def mapping_of(cfg: Config, model: nn.Module, masks: dict, rules: dict[str, LayerRule]) -> MappedNetwork:
+def mapping_of(cfg: Config, model: nn.Module, masks: dict, rules: dict[str, LayerRule],
+               graph: LayerGraph | None = None) -> MappedNetwork:
     m = cfg.mapping
     return map_network(model, masks, m.weight_bits, m.cascade, (m.xbar_rows, m.xbar_cols),
-                       block_layers(rules))
+                       block_layers(rules), graph=graph)
 
 
 SCENARIO_FIELDS = ("variation", "sigma", "p_sa0", "p_sa1", "read_noise", "drift_nu", "drift_nu_std",
@@ -216,8 +217,8 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
     rules = rules_for(cfg, template, ratios)
     a = cfg.admm
 
-    def projected_metrics(model: nn.Module, masks: dict) -> dict:
-        fp = footprint(cfg, mapping_of(cfg, model, masks, rules))
+    def projected_metrics(model: nn.Module, masks: dict, graph: LayerGraph | None = None) -> dict:
+        fp = footprint(cfg, mapping_of(cfg, model, masks, rules, graph))
         return {"weight_compression": fp.weight_compression, "crossbars": fp.crossbars}
 
     def report(metrics: dict) -> None:

@@ -115,7 +115,8 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
         tune_config=tune.TuneConfig(
             metric="score", mode="max", scheduler=scheduler, num_samples=cfg.tune.num_samples,
             search_alg=BasicVariantGenerator(random_state=cfg.seed),
-            max_concurrent_trials=cfg.tune.max_concurrent_trials),
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            reuse_actors=True),   # a finished trial's actor (process, imports) runs the next one
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[_TrialEventsCallback(events)] if events is not None else None))

@@ -48,14 +48,18 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                epochs: int, lr: float, optimizer: str, momentum: float, weight_decay: float,
                batch_size: int, rho: float, rho_multiplier: float, rho_every: int, seed: int,
                on_epoch_end: EpochCallback = None,
-               projected_metrics: Callable[[nn.Module, dict], dict] | None = None,
+               projected_metrics: Callable[[nn.Module, dict, LayerGraph], dict] | None = None,
                runtime: Runtime = Runtime(), final_rules: dict[str, LayerRule] | None = None,
                ) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
     """Run ADMM from a trained model; returns (hard-projected model, masks, metrics).
 
     on_epoch_end receives, each epoch, the validation accuracy of a hard-projected
-    copy (`val_accuracy`), the primal residual sum ||W - Z||^2, rho, and whatever
-    projected_metrics(projected_model, masks) adds (compression, crossbars).
+    copy (`val_accuracy`), the training loss (cross-entropy, without the penalty), the
+    primal residual sum ||W - Z||^2, rho, and whatever projected_metrics(projected_model,
+    masks, graph) adds (compression, crossbars), and timings: `step_s` (the ADMM iteration:
+    W-step over the training set, then the Z and U updates), `report_s` (the projected copy's
+    metrics) and `elapsed_s` since the start. The penalty's gradient is added after each
+    backward pass, analytically.
     final_rules, if given, replace `rules` for the last hard projection (e.g. pruning only,
     for a progressive mapping that quantizes later).
     """
@@ -68,20 +72,31 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
         U = {n: torch.zeros_like(Z[n]) for n in rules}
     state = {"rho": rho}
 
-    def penalty() -> torch.Tensor:
-        return state["rho"] / 2 * sum(
-            (gemm(layers[n].weight) - Z[n] + U[n]).pow(2).sum() for n in rules)
+    def penalty_gradient() -> None:
+        """Add the gradient of rho/2 ||W - Z + U||^2, rho (W + (U - Z)), to each ruled weight's
+        (analytic: no autograd graph for the penalty; U - Z is fixed within an epoch)."""
+        with torch.no_grad():
+            weights = [layers[n].weight for n in state["shift"]]
+            kept = [i for i, w in enumerate(weights) if w.grad is not None]
+            grads = [weights[i].grad for i in kept]
+            torch._foreach_add_(grads, [weights[i] for i in kept], alpha=state["rho"])
+            torch._foreach_add_(grads, [state["shifts"][i] for i in kept], alpha=state["rho"])
 
     metrics = {}
     started = time.perf_counter()
+    projected = copy.deepcopy(model)   # each epoch's hard-projected copy, for the metrics
     for epoch in range(epochs):
+        epoch_started = time.perf_counter()
         if epoch % rho_every == 0:   # a new ADMM stage: learning rate reset (ADMM line's code)
             if epoch > 0:
                 state["rho"] *= rho_multiplier
             opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
                                  weight_decay=weight_decay)
+        state["shift"] = {n: (U[n] - Z[n]).reshape(layers[n].weight.shape) for n in rules}
+        state["shifts"] = list(state["shift"].values())
         loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
-                               generator=generator, extra_loss=penalty, **epoch_options(data, runtime))
+                               generator=generator, after_backward=penalty_gradient,
+                               **epoch_options(data, runtime))
         with torch.no_grad():
             residual = 0.0
             for n, r in rules.items():
@@ -89,15 +104,18 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                 Z[n] = project(w + U[n], r)[0]
                 U[n] += w - Z[n]
                 residual += (w - Z[n]).pow(2).sum().item()
-        projected = copy.deepcopy(model)
+        step_s = time.perf_counter() - epoch_started
+        projected.load_state_dict(model.state_dict())
         projected_masks = hard_project(projected, rules, graph)
         projected_masks = {n: m.cpu() for n, m in projected_masks.items()}
         metrics = {"stage": "admm", "epoch": epoch, "loss": loss, "rho": state["rho"],
                    "primal_residual": residual,
-                   "val_accuracy": evaluate(projected, data.x_val, data.y_val),
-                   "elapsed_s": time.perf_counter() - started}
+                   "val_accuracy": evaluate(projected, data.x_val, data.y_val)}
         if projected_metrics is not None:
-            metrics.update(projected_metrics(projected.cpu(), projected_masks))
+            on_cpu = projected if runtime.device == "cpu" else copy.deepcopy(projected).cpu()
+            metrics.update(projected_metrics(on_cpu, projected_masks, graph))
+        metrics.update(elapsed_s=time.perf_counter() - started, step_s=step_s,
+                       report_s=time.perf_counter() - epoch_started - step_s)
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     masks = hard_project(model, final_rules or rules, graph)

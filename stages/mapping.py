@@ -80,7 +80,8 @@ def _cascade(model: nn.Module, graph: LayerGraph, keep_out: dict, keep_in: dict)
 
 def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: int,
                 cascade: bool = True, block_tile: tuple[int, int] | None = None,
-                block_layers: frozenset[str] = frozenset(), quantized: bool = True) -> MappedNetwork:
+                block_layers: frozenset[str] = frozenset(), quantized: bool = True,
+                graph: LayerGraph | None = None) -> MappedNetwork:
     """Quantize every crossbar layer onto levels inside its structured mask.
 
     masks: {layer: (out, in) bool} from ADMM; layers without one keep everything.
@@ -88,9 +89,10 @@ def map_network(model: nn.Module, masks: dict[str, torch.Tensor], weight_bits: i
     crossbars are the surviving tiles, not the product of kept rows and columns.
     quantized=False maps structure only, for counting (memadmm estimate): every kept
     weight is put on level 1 with alpha 1, so non-zeros are exactly the kept weights.
+    graph: the model's layer_graph, when the caller has it (traced here otherwise).
     """
     model = copy.deepcopy(model)
-    graph = layer_graph(model)
+    graph = graph or layer_graph(model)
     layers = crossbar_layers(model)
     keep_out, keep_in_shape = {}, {}
     for name, module in layers.items():

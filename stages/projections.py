@@ -128,7 +128,7 @@ def quantize(w: torch.Tensor, mask: torch.Tensor, weight_bits: int,
     alpha = top / max_level
     n = None
     for _ in range(iterations):
-        n_next = torch.clamp(torch.round(kept / alpha), -max_level, max_level)
+        n_next = (kept / alpha).round_().clamp_(-max_level, max_level)
         if n is not None and torch.equal(n_next, n):
             break
         n = n_next
