@@ -37,8 +37,6 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.progress import RunProgress, TrialEvents, follow_tune
 from pipeline.results import layers_and_hardware, summary_row
-from pipeline.tables import write_table
-from pipeline.tuning import run_search
 from stages.data import DataSplits
 from stages.mapping import MappedNetwork
 
@@ -73,6 +71,8 @@ def pretrain_task(cfg: Config, data, model, key: str):
 @ray.remote(num_returns=2)
 def admm_task(cfg: Config, data, model, state, storage_path: str, name: str, key: str, events=None):
     """`events`: the driver's TrialEvents actor when it draws progress, else None."""
+    from pipeline.tuning import run_search   # Ray Tune is imported by the worker that runs the search only
+
     def compute():
         compressed, masks, rows, ratios = run_search(cfg, data, state, storage_path, name, model, events=events)
         return {"model": compressed, "masks": masks, "ratios": ratios}, {"tune": rows}
@@ -199,6 +199,8 @@ class Recorder:
         self.status("running")
 
     def table(self, name: str, rows: list[dict]) -> None:
+        from pipeline.tables import write_table   # pyarrow and pandas: only where tables are written
+
         write_table(self.root, name, self.run_id, rows, self.provenance)
 
     def artifact(self, stage: str, obj) -> None:
