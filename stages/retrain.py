@@ -46,7 +46,7 @@ class OnLevels(nn.Module):
         n = torch.clamp(torch.round(kept / self.alpha), -self.max_level, self.max_level)
         if self.training and self.noise is not None:
             spec, scenario, generator = self.noise
-            g = levels_to_conductance(gemm(n).detach().cpu().to(torch.int32), spec)
+            g = levels_to_conductance(gemm(n).detach().to(torch.int32), spec)   # on the model's device
             n = conductance_to_levels(perturb(g, spec, scenario, generator), spec)
             n = n.reshape(kept.shape).to(kept.device, kept.dtype) * self.mask
         return kept + (n * self.alpha - kept).detach()
@@ -80,7 +80,7 @@ def retrain(template: nn.Module, mapped: MappedNetwork, data: DataSplits, *, epo
     if noise is not None:
         spec, scenario = noise
         device_noise = (spec.with_weight_bits(mapped.weight_bits), scenario,
-                        torch.Generator().manual_seed(seed + 1))
+                        torch.Generator(device=runtime.device).manual_seed(seed + 1))
     _attach(model, mapped, device_noise)
     model.to(runtime.device)
     graph = layer_graph(template)
