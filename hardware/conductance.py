@@ -42,18 +42,21 @@ def _to_conductance(values: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
 
 
 def _recombine(G: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
-    """Stored values read back from (..., slices, out, in) conductances: float64 (..., out, in).
+    """Stored values read back from (..., slices, out, in) conductances: (..., out, in) in G's dtype.
 
     Each digit is (G - g_min_us) / g_step_us, not rounded; only a digit within
     the float rounding of G (a few ulps of g_max_us) of a whole number is taken
     as that number, so noise-free conductances give their values back exactly.
+    The arithmetic runs in G's dtype: computing a digit rounds it by at most
+    about 2 ulps of g_max_us / g_step_us, inside the snapping tolerance, and
+    whole digits recombine exactly.
     """
-    digits = G.to(torch.float64, copy=True).sub_(spec.g_min_us).div_(spec.g_step_us)   # (..., S, out, in)
+    digits = G.clone().sub_(spec.g_min_us).div_(spec.g_step_us)       # (..., S, out, in)
     tolerance = 4 * torch.finfo(G.dtype).eps * spec.g_max_us / spec.g_step_us
     whole = digits.round()
     off = digits.sub_(whole)                 # exact (Sterbenz): whole + off gives digits back bit for bit
     far = off.abs().sub_(tolerance).relu_().sign_()                    # 1 where |off| > tolerance, else 0
-    return torch.einsum("...soi,s->...oi", whole.add_(off.mul_(far)), _slice_weights(spec, G.device))
+    return torch.einsum("...soi,s->...oi", whole.add_(off.mul_(far)), _slice_weights(spec, G.device).to(G.dtype))
 
 
 def _slice_weights(spec: MappingSpec, device) -> torch.Tensor:

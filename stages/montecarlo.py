@@ -38,7 +38,7 @@ from hardware import (
 )
 from stages.errors import StageError
 from stages.mapping import MappedLayer, MappedNetwork
-from stages.models import crossbar_layers
+from stages.models import crossbar_layers, input_channel_groups, layer_graph
 from stages.projections import weights_from_levels
 from stages.tiles import Crossbars, calibrate_adc_ranges, unfold_conv_input
 
@@ -139,7 +139,9 @@ class _Layer:
     Linear: x[..., kept_in] @ W_kept^T. Conv2d: a conv over the input channels
     that keep any (c, kh, kw) column, with the kept filters; shape-pruned
     columns inside a kept channel are zeros of its weight. Outputs of pruned
-    filters are exact zeros (plus the bias, as the module computes them).
+    filters are exact zeros (plus the bias, as the module computes them), or,
+    when `compact_out`, are not computed at all: every layer after it sees the
+    kept channels only (see `_compaction`) and reads them with `fed_compact`.
     """
 
     def __init__(self, module: nn.Module, layer: MappedLayer, spec: MappingSpec, device):
@@ -149,20 +151,39 @@ class _Layer:
                              "allowed: groups=1 (a crossbar layer is one GEMM)")
         self.out_idx = layer.keep_out.nonzero().squeeze(1).to(device)
         self.in_idx = layer.keep_in.nonzero().squeeze(1).to(device)
+        self.in_order = bool(layer.keep_in.all())
         if self.conv:   # kept input channels, and each kept column's place in (kept channels, kh, kw)
             taps = module.kernel_size[0] * module.kernel_size[1]
             channels = layer.keep_in.view(module.in_channels, taps).any(1)
             self.channel_idx = channels.nonzero().squeeze(1).to(device)
+            self.channels_in_order = bool(channels.all())
             place = torch.full((module.in_channels, taps), -1, dtype=torch.long)
             place[channels] = torch.arange(int(channels.sum()) * taps).view(-1, taps)
             self.col_place = place.flatten()[layer.keep_in].to(device)
             self.width = int(channels.sum()) * taps
         self.kept_bias = module.bias.detach()[self.out_idx] if module.bias is not None else None
+        self.compact_out = False
         self.g = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec).to(device)
         self.ref = None
         if spec.sign_scheme == "offset":   # one reference column per crossbar (per data_cols outputs)
             blocks = -(-self.g.shape[-2] // spec.data_cols)
             self.ref = reference_conductance(spec, self.g.shape[-1]).expand(-1, -1, blocks, -1).contiguous().to(device)
+
+    def reads_all(self, width: int) -> bool:
+        """Whether this layer reads every one of `width` input columns, in order (no gather needed)."""
+        return self.in_idx.numel() == width and self.in_order
+
+    def fed_compact(self, producer_keep: torch.Tensor) -> None:
+        """Read this layer's inputs from a producer whose output holds its kept channels only:
+        each kept column (channel c, position g) moves to (rank of c among the kept, g)."""
+        group = input_channel_groups(self.layer.keep_in.numel(), producer_keep.numel())
+        rank = (torch.cumsum(producer_keep.to(torch.long), 0) - 1).to(self.in_idx.device)
+        self.in_idx = rank[self.in_idx // group] * group + self.in_idx % group
+        self.in_order = bool((self.in_idx == torch.arange(self.in_idx.numel(), device=self.in_idx.device)).all())
+        if self.conv:
+            self.channel_idx = rank[self.channel_idx]
+            self.channels_in_order = bool((self.channel_idx == torch.arange(
+                self.channel_idx.numel(), device=self.channel_idx.device)).all())
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """The device tensors a trial programs, in program()'s order: the array, then the reference columns."""
@@ -180,14 +201,16 @@ class _Layer:
     def gemm_input(self, x: torch.Tensor, trials: int):
         """Per trial, the kept GEMM inputs (T, rows, kept_in) and a fold back to the module's output layout."""
         if self.conv:
-            x2d, fold = unfold_conv_input(x, self.module)
+            x2d, fold = unfold_conv_input(x, self.module, in_channels=x.shape[1])
             return x2d.index_select(1, self.in_idx).reshape(trials, -1, self.in_idx.numel()), fold
-        return x.reshape(trials, -1, x.shape[-1]).index_select(-1, self.in_idx), None
+        x = x.reshape(trials, -1, x.shape[-1])
+        return (x if self.reads_all(x.shape[-1]) else x.index_select(-1, self.in_idx)), None
 
     def grouped_conv(self, x: torch.Tensor, kernel: torch.Tensor, trials: int) -> torch.Tensor:
         """Grouped conv of each trial's kept input channels with its kernel -> (T, N, kept_out, H', W')."""
         m = self.module
-        x = x.index_select(1, self.channel_idx)
+        if not (self.channel_idx.numel() == x.shape[1] and self.channels_in_order):
+            x = x.index_select(1, self.channel_idx)
         if m.padding_mode != "zeros":
             x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
         else:
@@ -201,6 +224,12 @@ class _Layer:
         """The module's output from its kept outputs along `dim` (the channel axis): the bias
         everywhere, plus the kept outputs at the kept filters' places."""
         m, shape = self.module, list(y_kept.shape)
+        if self.compact_out:
+            if m.bias is None:
+                return y_kept
+            view = [1] * len(shape)
+            view[dim] = -1
+            return y_kept + self.kept_bias.view(view)
         shape[dim] = m.out_channels if self.conv else m.out_features
         if m.bias is None:
             return y_kept.new_zeros(shape).index_copy_(dim, self.out_idx, y_kept)
@@ -208,6 +237,42 @@ class _Layer:
         view[dim] = -1
         return (m.bias.view(view).expand(shape).clone()
                 .index_copy_(dim, self.out_idx, y_kept + self.kept_bias.view(view)))
+
+
+def _compaction(model: nn.Module, mapped: MappedNetwork, layers: dict[str, _Layer]) -> dict[nn.Module, torch.Tensor]:
+    """Let pruned filters' outputs go uncomputed where nothing reads them.
+
+    A layer's output stays compact (kept channels only) when the layer graph
+    says it reaches crossbar layers only, through channel-preserving ops (ReLU,
+    pooling, flatten, dropout, BatchNorm), and each of those consumers reads
+    none of its pruned channels (the cascade removed them). The consumers then
+    gather from the compact tensor, and the BatchNorms on the way keep their
+    kept channels' parameters. Returns those BatchNorms and their kept channels.
+    """
+    graph = layer_graph(model)
+    modules = dict(model.named_modules())
+    norms = {}
+    for producer in graph.filter_prunable:
+        keep = mapped.layers[producer].keep_out
+        consumers = graph.consumers[producer]
+        if bool(keep.all()) or not consumers:
+            continue
+        reads_pruned = [bool((mapped.layers[c].keep_in & ~keep.repeat_interleave(
+            input_channel_groups(mapped.layers[c].keep_in.numel(), keep.numel()))).any()) for c in consumers]
+        if any(reads_pruned):
+            continue
+        layers[producer].compact_out = True
+        for c in consumers:
+            layers[c].fed_compact(keep)
+        norms.update({modules[n]: keep.nonzero().squeeze(1) for n in graph.norms[producer]})
+    return norms
+
+
+def _kept_channels_norm(norm: nn.Module, keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm (in eval mode) on a tensor that holds only the `keep` channels."""
+    pick = lambda t: None if t is None else t.index_select(0, keep)
+    return F.batch_norm(x, pick(norm.running_mean), pick(norm.running_var), pick(norm.weight), pick(norm.bias),
+                        False, 0.0, norm.eps)
 
 
 class _Trials:
@@ -224,6 +289,7 @@ class _Trials:
         self.device, self.capacity = torch.device(device), capacity
         modules = crossbar_layers(model)
         self.layers = {name: _Layer(modules[name], layer, spec, self.device) for name, layer in mapped.layers.items()}
+        self.norms = _compaction(model, mapped, self.layers)
         self.plan = draw_plan(scenario)
         self.buffers = {(name, tensor, kind): torch.empty(capacity, *shape, device=self.device)
                         for name, layer in self.layers.items() for tensor, shape in layer.shapes()
@@ -283,16 +349,17 @@ class _Trials:
     def __enter__(self):
         for name, layer in self.layers.items():
             layer.module.forward = functools.partial(self._forward, name)
+        for norm, keep in self.norms.items():
+            norm.forward = functools.partial(_kept_channels_norm, norm, keep.to(self.device))
         return self
 
     def __exit__(self, *exc):
-        for layer in self.layers.values():
-            del layer.module.forward
+        for module in [layer.module for layer in self.layers.values()] + list(self.norms):
+            del module.forward
 
     def _forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The layer's output for every trial: x and the result stack the trials on the batch axis."""
         layer, s, trials = self.layers[name], self.scenario, len(self.generators)
-        m = layer.module
         if s.simulate_tiles or not layer.conv:   # one GEMM per trial on the kept rows and columns
             x_kept, fold = layer.gemm_input(x, trials)
             if s.simulate_tiles:
@@ -304,7 +371,8 @@ class _Trials:
                 spread = torch.bmm(x_kept * x_kept, self.variance[name].transpose(1, 2))
                 y = y + spread.clamp_min(0).sqrt() * self._normal(name, y.shape)
             if fold is None:
-                return layer.scatter(y, dim=-1).reshape(-1, m.out_features)
+                y = layer.scatter(y, dim=-1)
+                return y.reshape(-1, y.shape[-1])
             return fold(layer.scatter(y.reshape(-1, y.shape[-1]), dim=-1))
         y = layer.grouped_conv(x, self.weights[name], trials)   # a grouped conv over the trials
         if s.read_noise > 0:

@@ -278,7 +278,7 @@ def _conv_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (pw, pw, ph, ph)
 
 
-def unfold_conv_input(x: torch.Tensor, conv: nn.Conv2d
+def unfold_conv_input(x: torch.Tensor, conv: nn.Conv2d, in_channels: int | None = None
                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """im2col of a Conv2d's input, so the conv is a GEMM with W = weight.reshape(F, C*kh*kw).
 
@@ -286,15 +286,18 @@ def unfold_conv_input(x: torch.Tensor, conv: nn.Conv2d
     (rows ordered batch-major, then H', then W'; columns in (c, kh, kw) order,
     the `in` axis of the GEMM: take x2d[:, keep_in] for a compacted layer), and
     fold(y2d) taking (B*L, n) to the conv output layout (B, n, H', W'). Padding
-    modes are applied as the conv applies them; no bias is added.
+    modes are applied as the conv applies them; no bias is added. in_channels:
+    the channels x holds when they are a subset of the conv's (Monte Carlo's
+    compact activations), C = in_channels then.
     """
     if not isinstance(conv, nn.Conv2d):
         raise StageError(f"conv: got {type(conv).__name__}; allowed: a torch.nn.Conv2d")
     if conv.groups != 1:
         raise StageError(f"conv.groups: got {conv.groups}; allowed: 1 (a grouped conv is not one GEMM)")
     x = _float_tensor("x", x, 4)
-    if x.shape[1] != conv.in_channels:
-        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: (B, {conv.in_channels}, H, W)")
+    channels = conv.in_channels if in_channels is None else in_channels
+    if x.shape[1] != channels:
+        raise StageError(f"x: got shape {tuple(x.shape)}; allowed: (B, {channels}, H, W)")
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     padded = F.pad(x, _conv_pads(conv), mode=mode)
     cols = F.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # (B, C*kh*kw, L)

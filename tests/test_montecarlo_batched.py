@@ -123,3 +123,47 @@ def test_tile_ranges_come_from_the_ideal_model(network):
     data, template, mapped = network
     ranges = input_ranges(mapped.load_into(template), mapped, SPEC, data.x_train[:64])
     assert set(ranges) == set(mapped.layers)
+
+
+class BatchNormNet(torch.nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN -> ReLU -> pool -> flatten -> fc -> ReLU -> fc: filter pruning
+    cascades through BatchNorms, pooling and a flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.fc1, self.fc2 = torch.nn.Linear(8 * 16, 32), torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.mark.parametrize("scenario", [SCENARIOS[0], SCENARIOS[3], SCENARIOS[4], Scenario("ideal")],
+                         ids=lambda s: s.scenario_id)
+def test_compact_activations_change_nothing(monkeypatch, scenario):
+    """Pruned filters' outputs are not computed where only cascaded layers read them (through
+    BatchNorm, pooling and flatten): the accuracies are those of the full-width computation."""
+    import stages.montecarlo as montecarlo
+
+    data = load_digits(as_images=True)
+    template = BatchNormNet()
+    state, _ = pretrain(template, data, epochs=3, **TRAIN)
+    model = copy.deepcopy(template)
+    model.load_state_dict(state)
+    rules = {"conv1": LayerRule(filter=0.25), "conv2": LayerRule(filter=0.5, shape=0.2), "fc1": LayerRule(filter=0.5)}
+    masks = hard_project(model, {n: LayerRule(r.filter, r.shape, weight_bits=4) for n, r in rules.items()})
+    mapped = map_network(model, masks, weight_bits=4)
+    trials = _Trials(mapped.load_into(template), mapped, SPEC, scenario, None, "cpu", capacity=1)
+    assert {n for n, layer in trials.layers.items() if layer.compact_out} == {"conv1", "conv2", "fc1"}
+    assert len(trials.norms) == 2
+    seeds = [trial_seed(5, scenario.scenario_id, t) for t in range(4)]
+    run = lambda: run_trials(template, mapped, SPEC, scenario, seeds, data.x_test, data.y_test,
+                             calibration=data.x_train[:256], batch_trials=2)
+    compact = run()
+    monkeypatch.setattr(montecarlo, "_compaction", lambda *args: {})
+    assert run() == compact
+    if scenario.scenario_id == "ideal":
+        assert compact == [evaluate(mapped.load_into(template), data.x_test, data.y_test)] * 4
