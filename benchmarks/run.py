@@ -55,15 +55,18 @@ TARGETS = {   # issue 6: what each ratio must meet
 }
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of fn() in seconds over `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time in seconds of each fn() over `repeats` rounds, each round calling every fn
+    once, in turn (after one warm-up call each): a slow spell of the machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine() -> dict:
@@ -146,30 +149,35 @@ def bench_montecarlo(root: str, repeats: int, trials: int = 100) -> dict:
     spec = steps.spec_for(cfg)
     model = mapped.load_into(template)
     x, y, calibration = data.x_test, data.y_test, data.x_train[:256]
-    plain = median_time(lambda: [evaluate(model, x, y) for _ in range(trials)], repeats) / trials
-    out = {"plain_forward_s": plain, "test_samples": len(y), "trials": trials, "scenarios": {}}
+    plain_forward = lambda: [evaluate(model, x, y) for _ in range(trials)]
+    out = {"test_samples": len(y), "trials": trials, "batch_trials": cfg.montecarlo.batch_trials, "scenarios": {}}
 
-    def per_trial(scenario: Scenario, **kw) -> float:
+    def run(scenario: Scenario, **kw):
         seeds = [trial_seed(0, scenario.scenario_id, t) for t in range(trials)]
-        return median_time(lambda: run_trials(template, mapped, spec, scenario, seeds, x, y,
-                                              calibration=calibration, **kw), repeats) / trials
+        kw.setdefault("batch_trials", cfg.montecarlo.batch_trials)
+        return lambda: run_trials(template, mapped, spec, scenario, seeds, x, y, calibration=calibration, **kw)
 
     scenarios = {"ideal (no noise)": Scenario("ideal"),
                  "lognormal sigma 0.1": Scenario("sigma-0.1", "lognormal", 0.1),
                  "stuck-at 0.5 %": Scenario("stuck", p_sa0=0.005, p_sa1=0.005),
                  "read noise 0.05": Scenario("read", read_noise=0.05),
                  "tiles, 6-bit ADC": Scenario("adc-6bit", adc_bits=6)}
-    for label, scenario in scenarios.items():
-        batched = per_trial(scenario)
-        alone_same = per_trial(scenario, batch_trials=1)
-        alone_best = per_trial(scenario, batch_trials=1, eval_samples=len(y))
-        out["scenarios"][label] = {"batched_s": batched, "alone_same_chunk_s": alone_same,
-                                   "alone_best_s": alone_best, "vs_plain": batched / plain,
-                                   "batched_speedup": min(alone_same, alone_best) / batched}
+    plains = []
+    for label, scenario in scenarios.items():   # each scenario's variants and the plain pass, interleaved
+        t = interleaved_medians({"plain": plain_forward, "batched": run(scenario),
+                                 "alone_same": run(scenario, batch_trials=1),
+                                 "alone_best": run(scenario, batch_trials=1, eval_samples=len(y))}, repeats)
+        t = {k: v / trials for k, v in t.items()}
+        plains.append(t["plain"])
+        out["scenarios"][label] = {"batched_s": t["batched"], "alone_same_chunk_s": t["alone_same"],
+                                   "alone_best_s": t["alone_best"], "plain_s": t["plain"],
+                                   "vs_plain": t["batched"] / t["plain"],
+                                   "batched_speedup": min(t["alone_same"], t["alone_best"]) / t["batched"]}
+    out["plain_forward_s"] = statistics.median(plains)
     return out
 
 
-def bench_fan_out(root: str, repeats: int, scenarios: int = 4, trials: int = 1000, chunk: int = 125) -> dict:
+def bench_fan_out(root: str, repeats: int, scenarios: int = 4, trials: int = 2000, chunk: int = 250) -> dict:
     """Monte-Carlo chunks through the pipeline's own task, on 1 then 2 single-thread workers."""
     cfg = load_config("quick", [f"output.root={tempfile.mkdtemp(prefix='memadmm-fanout-')}"])
     data = steps.data_for(cfg)
@@ -188,8 +196,8 @@ def bench_fan_out(root: str, repeats: int, scenarios: int = 4, trials: int = 100
             for scenario, chunk_trials in work])
 
     fan_out(2)   # start both workers and import torch in them before timing
-    one = median_time(lambda: fan_out(1), repeats)
-    two = median_time(lambda: fan_out(2), repeats)
+    t = interleaved_medians({"one": lambda: fan_out(1), "two": lambda: fan_out(2)}, repeats)
+    one, two = t["one"], t["two"]
     ray.shutdown()
     return {"tasks": len(work), "trials": scenarios * trials, "one_worker_s": one, "two_workers_s": two,
             "speedup": one / two}
@@ -292,9 +300,11 @@ def write_results(path: Path, info: dict, quick: dict, mc: dict, fan: dict, admm
         "", "## 2-3. Monte Carlo per trial", "",
         f"The quick run's retrained mapping (`artifacts/retrain.pt`), its {mc['test_samples']} test "
         f"samples, {mc['trials']} trials per measurement. Plain forward pass: `evaluate` of the mapped "
-        f"model as a torch module (dense shapes, zeros where pruned): **{ms(mc['plain_forward_s'])}**. "
+        f"model as a torch module (dense shapes, zeros where pruned): **{ms(mc['plain_forward_s'])}** "
+        "(median over the scenarios' rounds; each ratio uses its own scenario's rounds, every variant "
+        "timed in turn in each round). "
         f"A trial samples every device, reads the weights back and evaluates; batched: "
-        f"`montecarlo.batch_trials` = 25 trials together, {EVAL_SAMPLES} test samples per trial per forward "
+        f"`montecarlo.batch_trials` = {mc['batch_trials']} trials together, {EVAL_SAMPLES} test samples per trial per forward "
         "pass, each crossbar layer on its kept rows and columns only (as its crossbars compute). "
         "One at a time: batch_trials = 1, with the same chunk (whose accuracies a test checks are "
         "identical to the batched ones) and with the whole test set in one pass (its fastest).", "",
@@ -307,10 +317,11 @@ def write_results(path: Path, info: dict, quick: dict, mc: dict, fan: dict, admm
     lines += [
         "", "The batched speed-up is against the faster of the two one-at-a-time variants.",
         "", "## 4. Monte-Carlo fan-out", "",
-        f"{fan['trials']} trials (4 lognormal scenarios) in {fan['tasks']} chunks through the pipeline's "
+        f"{fan['trials']} trials (4 lognormal scenarios) in {fan['tasks']} chunks of "
+        f"{fan['trials'] // fan['tasks']} trials through the pipeline's "
         "own `montecarlo_task`, the model, data and mapping `ray.put` once; 1 worker (a custom "
         "resource lets one task run at a time) against 2 workers, one torch thread each, workers "
-        f"warmed first: {fan['one_worker_s']:.2f} s against {fan['two_workers_s']:.2f} s, "
+        f"warmed first, the two timed in turn in each round: {fan['one_worker_s']:.2f} s against {fan['two_workers_s']:.2f} s, "
         f"**{fan['speedup']:.2f}x**.",
         "", "## 5. ADMM epoch", "",
         f"The quick preset's MLP from its pretrained weights, its ADMM rules and batch size, "

@@ -241,8 +241,8 @@ class ScenarioGrid(Section):
 
 class MonteCarloConfig(Section):
     trials: int = Field(50, ge=1, description="trials per scenario")
-    chunk_size: int = Field(25, ge=1, description="trials per Ray task")
-    batch_trials: int = Field(25, ge=1, description="trials evaluated together in one forward pass "
+    chunk_size: int = Field(50, ge=1, description="trials per Ray task")
+    batch_trials: int = Field(50, ge=1, description="trials evaluated together in one forward pass "
                               "(1: one at a time); the accuracies do not depend on it")
     scenarios: tuple[ScenarioConfig, ...] = Field((ScenarioConfig(id="ideal"),), description="device scenarios")
     grid: Optional[ScenarioGrid] = Field(None, description="more scenarios: every combination of its values")

@@ -128,7 +128,7 @@ def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: t
     return g
 
 
-EVAL_SAMPLES = 32          # test samples per trial in one forward pass (default): the same for every batch
+EVAL_SAMPLES = 128         # test samples per trial in one forward pass (default): the same for every batch
                            # size, so a trial's arithmetic (and accuracy) does not depend on the trials beside it
 DEVICE_BUDGET = 256 << 20  # bytes of device tensors (buffers, perturbed copies, float64 read-back) per batch
 
@@ -423,7 +423,7 @@ def trial_bytes(mapped: MappedNetwork, spec: MappingSpec) -> int:
 
 def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
                seeds: list[int], x: torch.Tensor, y: torch.Tensor,
-               calibration: torch.Tensor | None = None, *, batch_trials: int = 25,
+               calibration: torch.Tensor | None = None, *, batch_trials: int = 50,
                device: str = "cpu", eval_samples: int = EVAL_SAMPLES) -> list[float]:
     """Test accuracy of each trial, in the order of `seeds`.
 
