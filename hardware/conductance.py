@@ -56,7 +56,11 @@ def _recombine(G: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
     whole = digits.round()
     off = digits.sub_(whole)                 # exact (Sterbenz): whole + off gives digits back bit for bit
     far = off.abs().sub_(tolerance).relu_().sign_()                    # 1 where |off| > tolerance, else 0
-    return torch.einsum("...soi,s->...oi", whole.add_(off.mul_(far)), _slice_weights(spec, G.device).to(G.dtype))
+    digits = whole.add_(off.mul_(far))
+    values = digits.select(-3, 0) * 2.0 ** _shifts(spec)[0]          # shift and add, most significant first
+    for s, shift in enumerate(_shifts(spec)[1:], start=1):
+        values.add_(digits.select(-3, s), alpha=2.0 ** shift)
+    return values
 
 
 def _slice_weights(spec: MappingSpec, device) -> torch.Tensor:
