@@ -63,8 +63,8 @@ def _recombine(G: torch.Tensor, spec: MappingSpec) -> torch.Tensor:
     return values
 
 
-def _slice_weights(spec: MappingSpec, device) -> torch.Tensor:
-    """(slices,) float64: 2**shift of each slice, most significant first."""
+def slice_weights(spec: MappingSpec, device=None) -> torch.Tensor:
+    """(slices,) float64: the place value 2**shift of each slice's digit, most significant first."""
     return torch.tensor([2.0 ** shift for shift in _shifts(spec)], dtype=torch.float64, device=device)
 
 
@@ -201,7 +201,7 @@ def read_noise_weight_variance(G: torch.Tensor, spec: MappingSpec, alpha: float,
     G = _conductances(G, spec)
     alpha = checks.finite_float("alpha", alpha, 0.0)
     sigma = checks.finite_float("sigma", sigma, 0.0)
-    weights = _slice_weights(spec, G.device) ** 2                       # (S,) 4**k_s
+    weights = slice_weights(spec, G.device) ** 2                       # (S,) 4**k_s
     power = torch.einsum("...psoi,s->...oi", G.to(torch.float64) ** 2, weights)  # (..., out, in)
     if spec.sign_scheme == "offset":
         ref = _reference(reference, spec, G).to(torch.float64) ** 2

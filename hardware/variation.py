@@ -19,7 +19,7 @@ from hardware import checks
 from hardware.errors import HardwareError
 
 
-def _inputs(G, generator, g_min_us, g_max_us, noise=None) -> tuple[torch.Tensor, float, float]:
+def _inputs(G, generator, g_min_us, g_max_us) -> tuple[torch.Tensor, float, float]:
     G = checks.tensor("G", G, floating=True)
     if generator is not None:
         checks.generator(generator)
@@ -50,7 +50,7 @@ def lognormal_variation(G: torch.Tensor, sigma: float, generator: torch.Generato
     sigma is relative (the std of log G). sigma == 0 returns a copy of G and draws nothing.
     noise: standard normal draws broadcasting with G, used instead of drawing from generator.
     """
-    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us, noise)
+    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us)
     sigma = checks.finite_float("sigma", sigma, 0.0)
     if sigma == 0:
         return G.clone()
@@ -65,7 +65,7 @@ def additive_variation(G: torch.Tensor, sigma: float, generator: torch.Generator
     sigma is relative to the conductance range. sigma == 0 returns a copy of G and draws nothing.
     noise: standard normal draws broadcasting with G, used instead of drawing from generator.
     """
-    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us, noise)
+    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us)
     sigma = checks.finite_float("sigma", sigma, 0.0)
     if sigma == 0:
         return G.clone()
@@ -81,7 +81,7 @@ def stuck_at_faults(G: torch.Tensor, p_sa0: float, p_sa1: float, generator: torc
     p_sa0 + p_sa1 <= 1. Both zero returns a copy of G and draws nothing.
     noise: the uniform [0, 1) draws u, broadcasting with G, used instead of drawing from generator.
     """
-    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us, noise)
+    G, g_min, g_max = _inputs(G, generator, g_min_us, g_max_us)
     p_sa0 = checks.finite_float("p_sa0", p_sa0, 0.0, 1.0)
     p_sa1 = checks.finite_float("p_sa1", p_sa1, 0.0, 1.0)
     if p_sa0 + p_sa1 > 1:

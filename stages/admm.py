@@ -72,15 +72,16 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
         U = {n: torch.zeros_like(Z[n]) for n in rules}
     state = {"rho": rho}
 
+    ruled = [layers[n].weight for n in rules]
+
     def penalty_gradient() -> None:
         """Add the gradient of rho/2 ||W - Z + U||^2, rho (W + (U - Z)), to each ruled weight's
         (analytic: no autograd graph for the penalty; U - Z is fixed within an epoch)."""
         with torch.no_grad():
-            weights = [layers[n].weight for n in state["shift"]]
-            kept = [i for i, w in enumerate(weights) if w.grad is not None]
-            grads = [weights[i].grad for i in kept]
-            torch._foreach_add_(grads, [weights[i] for i in kept], alpha=state["rho"])
-            torch._foreach_add_(grads, [state["shifts"][i] for i in kept], alpha=state["rho"])
+            have = [i for i, w in enumerate(ruled) if w.grad is not None]
+            grads = [ruled[i].grad for i in have]
+            torch._foreach_add_(grads, [ruled[i] for i in have], alpha=state["rho"])
+            torch._foreach_add_(grads, [state["shifts"][i] for i in have], alpha=state["rho"])
 
     metrics = {}
     started = time.perf_counter()
@@ -92,8 +93,7 @@ def admm_train(model: nn.Module, data: DataSplits, rules: dict[str, LayerRule], 
                 state["rho"] *= rho_multiplier
             opt = make_optimizer(model.parameters(), name=optimizer, lr=lr, momentum=momentum,
                                  weight_decay=weight_decay)
-        state["shift"] = {n: (U[n] - Z[n]).reshape(layers[n].weight.shape) for n in rules}
-        state["shifts"] = list(state["shift"].values())
+        state["shifts"] = [(U[n] - Z[n]).reshape(w.shape) for n, w in zip(rules, ruled)]
         loss = train_one_epoch(model, data.x_train, data.y_train, opt, batch_size=batch_size,
                                generator=generator, after_backward=penalty_gradient,
                                **epoch_options(data, runtime))

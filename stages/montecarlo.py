@@ -80,20 +80,33 @@ def trial_seed(run_seed: int, scenario_id: str, trial: int) -> int:
     return int((int(words[0]) << 31) ^ int(words[1]))
 
 
+def ideal_conductance(layer: MappedLayer, spec: MappingSpec) -> torch.Tensor:
+    """The layer's devices as mapped, before any non-ideality: (polarity, slices, kept_out, kept_in) uS."""
+    return levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec)
+
+
+def reference_columns(spec: MappingSpec, kept_out: int, kept_in: int) -> torch.Tensor:
+    """The offset scheme's ideal reference devices: one column per crossbar (per block of
+    data_cols outputs), (1, slices, blocks, kept_in) uS."""
+    blocks = -(-kept_out // spec.data_cols)
+    return reference_conductance(spec, kept_in).expand(-1, -1, blocks, -1).contiguous()
+
+
+def per_output(ref: torch.Tensor, spec: MappingSpec, kept_out: int) -> torch.Tensor:
+    """Reference devices (..., 1, slices, blocks, kept_in) shown per output: (..., 1, slices, kept_out, kept_in)."""
+    return ref.repeat_interleave(spec.data_cols, dim=-2)[..., :kept_out, :]
+
+
 def program(layer: MappedLayer, spec: MappingSpec, scenario: Scenario,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's devices after programming and drift: G (polarity, slices, kept_out, kept_in) in uS,
-    and for the offset scheme the reference columns (1, slices, kept_out, kept_in): one column of
-    devices per crossbar (per block of data_cols outputs), perturbed like the others, shown per output."""
-    g = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec)
-    g = perturb(g, spec, scenario, generator)
+    and for the offset scheme the reference columns (1, slices, kept_out, kept_in), perturbed like the
+    others. One trial, drawn from `generator`: the reference the batched trials (_Trials) reproduce."""
+    g = perturb(ideal_conductance(layer, spec), spec, scenario, generator)
     if spec.sign_scheme != "offset":
         return g, None
-    kept_out, kept_in = g.shape[-2], g.shape[-1]
-    blocks = -(-kept_out // spec.data_cols)
-    ref = reference_conductance(spec, kept_in).expand(-1, -1, blocks, -1).contiguous()   # (1, S, blocks, in)
-    ref = perturb(ref, spec, scenario, generator)
-    return g, ref.repeat_interleave(spec.data_cols, dim=2)[:, :, :kept_out]
+    ref = perturb(reference_columns(spec, g.shape[-2], g.shape[-1]), spec, scenario, generator)
+    return g, per_output(ref, spec, g.shape[-2])
 
 
 def draw_plan(scenario: Scenario) -> tuple[str, ...]:
@@ -130,7 +143,16 @@ def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: t
 
 EVAL_SAMPLES = 128         # test samples per trial in one forward pass (default): the same for every batch
                            # size, so a trial's arithmetic (and accuracy) does not depend on the trials beside it
-DEVICE_BUDGET = 256 << 20  # bytes of device tensors (buffers, perturbed copies, float64 read-back) per batch
+DEVICE_BUDGET = 256 << 20  # bytes of device tensors (noise buffers, perturbed copies, read-back) per batch
+
+
+def _in_order(idx: torch.Tensor) -> bool:
+    return bool((idx == torch.arange(idx.numel(), device=idx.device)).all())
+
+
+def _gather(x: torch.Tensor, dim: int, idx: torch.Tensor, in_order: bool) -> torch.Tensor:
+    """x's entries `idx` along `dim`; x itself where idx reads all of them in order."""
+    return x if in_order and idx.numel() == x.shape[dim] else x.index_select(dim, idx)
 
 
 class _Layer:
@@ -151,27 +173,23 @@ class _Layer:
                              "allowed: groups=1 (a crossbar layer is one GEMM)")
         self.out_idx = layer.keep_out.nonzero().squeeze(1).to(device)
         self.in_idx = layer.keep_in.nonzero().squeeze(1).to(device)
-        self.in_order = bool(layer.keep_in.all())
+        self.in_order = _in_order(self.in_idx)
+        self.in_channels = getattr(module, "in_channels", None)   # of a conv: what its input holds
         if self.conv:   # kept input channels, and each kept column's place in (kept channels, kh, kw)
             taps = module.kernel_size[0] * module.kernel_size[1]
             channels = layer.keep_in.view(module.in_channels, taps).any(1)
             self.channel_idx = channels.nonzero().squeeze(1).to(device)
-            self.channels_in_order = bool(channels.all())
+            self.channels_in_order = _in_order(self.channel_idx)
             place = torch.full((module.in_channels, taps), -1, dtype=torch.long)
             place[channels] = torch.arange(int(channels.sum()) * taps).view(-1, taps)
             self.col_place = place.flatten()[layer.keep_in].to(device)
             self.width = int(channels.sum()) * taps
         self.kept_bias = module.bias.detach()[self.out_idx] if module.bias is not None else None
         self.compact_out = False
-        self.g = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec).to(device)
+        self.g = ideal_conductance(layer, spec).to(device)
         self.ref = None
-        if spec.sign_scheme == "offset":   # one reference column per crossbar (per data_cols outputs)
-            blocks = -(-self.g.shape[-2] // spec.data_cols)
-            self.ref = reference_conductance(spec, self.g.shape[-1]).expand(-1, -1, blocks, -1).contiguous().to(device)
-
-    def reads_all(self, width: int) -> bool:
-        """Whether this layer reads every one of `width` input columns, in order (no gather needed)."""
-        return self.in_idx.numel() == width and self.in_order
+        if spec.sign_scheme == "offset":
+            self.ref = reference_columns(spec, self.g.shape[-2], self.g.shape[-1]).to(device)
 
     def fed_compact(self, producer_keep: torch.Tensor) -> None:
         """Read this layer's inputs from a producer whose output holds its kept channels only:
@@ -179,11 +197,11 @@ class _Layer:
         group = input_channel_groups(self.layer.keep_in.numel(), producer_keep.numel())
         rank = (torch.cumsum(producer_keep.to(torch.long), 0) - 1).to(self.in_idx.device)
         self.in_idx = rank[self.in_idx // group] * group + self.in_idx % group
-        self.in_order = bool((self.in_idx == torch.arange(self.in_idx.numel(), device=self.in_idx.device)).all())
+        self.in_order = _in_order(self.in_idx)
         if self.conv:
             self.channel_idx = rank[self.channel_idx]
-            self.channels_in_order = bool((self.channel_idx == torch.arange(
-                self.channel_idx.numel(), device=self.channel_idx.device)).all())
+            self.channels_in_order = _in_order(self.channel_idx)
+            self.in_channels = int(producer_keep.sum())
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """The device tensors a trial programs, in program()'s order: the array, then the reference columns."""
@@ -201,16 +219,14 @@ class _Layer:
     def gemm_input(self, x: torch.Tensor, trials: int):
         """Per trial, the kept GEMM inputs (T, rows, kept_in) and a fold back to the module's output layout."""
         if self.conv:
-            x2d, fold = unfold_conv_input(x, self.module, in_channels=x.shape[1])
-            return x2d.index_select(1, self.in_idx).reshape(trials, -1, self.in_idx.numel()), fold
-        x = x.reshape(trials, -1, x.shape[-1])
-        return (x if self.reads_all(x.shape[-1]) else x.index_select(-1, self.in_idx)), None
+            x2d, fold = unfold_conv_input(x, self.module, in_channels=self.in_channels)
+            return _gather(x2d, 1, self.in_idx, self.in_order).reshape(trials, -1, self.in_idx.numel()), fold
+        return _gather(x.reshape(trials, -1, x.shape[-1]), -1, self.in_idx, self.in_order), None
 
     def grouped_conv(self, x: torch.Tensor, kernel: torch.Tensor, trials: int) -> torch.Tensor:
         """Grouped conv of each trial's kept input channels with its kernel -> (T, N, kept_out, H', W')."""
         m = self.module
-        if not (self.channel_idx.numel() == x.shape[1] and self.channels_in_order):
-            x = x.index_select(1, self.channel_idx)
+        x = _gather(x, 1, self.channel_idx, self.channels_in_order)
         if m.padding_mode != "zeros":
             x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), 0
         else:
@@ -319,8 +335,8 @@ class _Trials:
             ref = None
             if layer.ref is not None:
                 noise = {kind: self.buffers[name, "ref", kind][:trials] for kind in self.plan}
-                ref = perturb(layer.ref.expand(trials, *layer.ref.shape), self.spec, s, None, noise)
-                ref = ref.repeat_interleave(self.spec.data_cols, dim=-2)[..., :g.shape[-2], :]
+                ref = per_output(perturb(layer.ref.expand(trials, *layer.ref.shape), self.spec, s, None, noise),
+                                 self.spec, g.shape[-2])
             self.devices[name] = g
             if s.simulate_tiles:
                 self.crossbars[name] = Crossbars(g, self.spec, layer.layer.alpha, adc_bits=s.adc_bits or None,
@@ -409,14 +425,13 @@ def input_ranges(model: nn.Module, mapped: MappedNetwork, spec: MappingSpec,
     for name, layer in mapped.layers.items():
         x = torch.cat([t.flatten() for t in seen[name]])
         lo, hi = float(x.min()), float(x.max())
-        ideal = levels_to_conductance(compact(layer.levels, layer.keep_out, layer.keep_in), spec)
-        ranges[name] = (lo, hi, calibrate_adc_ranges(ideal, spec, lo, hi))
+        ranges[name] = (lo, hi, calibrate_adc_ranges(ideal_conductance(layer, spec), spec, lo, hi))
     return ranges
 
 
 def trial_bytes(mapped: MappedNetwork, spec: MappingSpec) -> int:
     """Bytes one trial's device tensors take while it is programmed: per device, a float32 noise
-    buffer per draw and the perturbed copy, and the float64 read-back temporaries (about 32 B)."""
+    buffer per draw, the perturbed copy and the read-back temporaries (about 32 B, a bound)."""
     devices = sum(int(l.keep_out.sum()) * int(l.keep_in.sum()) for l in mapped.layers.values())
     return max(1, devices * spec.polarity * spec.slices * 32)
 

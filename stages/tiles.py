@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardware import MappingSpec, tile_slices
+from hardware import MappingSpec, slice_weights, tile_slices
 from stages.errors import StageError
 
 MAX_CONVERTER_BITS = 32   # 2**32 levels is "infinite" for any real converter; float64 still resolves it
@@ -125,16 +125,11 @@ def uniform_quantize(values: torch.Tensor, lo, hi, bits: int) -> torch.Tensor:
     return lo + torch.round((torch.clamp(values, lo, hi) - lo) / safe_step) * step
 
 
-def bitline_currents(x_tile: torch.Tensor, G_tile: torch.Tensor) -> torch.Tensor:
-    """Analog partial sums of one tile: (B, rows) inputs x (P, S, cols, rows) uS -> (B, P, S, cols)."""
-    return torch.einsum("bi,psoi->bpso", x_tile, G_tile)
-
-
 def _digit_weights(spec: MappingSpec, device) -> torch.Tensor:
-    """(P*S,) float64: what one device digit adds to the level, sign of its polarity times
-    2**(cell_bits * (S-1-s)), slices most significant first (G+ then G-)."""
-    place = [2.0 ** (spec.cell_bits * (spec.slices - 1 - s)) for s in range(spec.slices)]
-    return torch.tensor(place + [-v for v in place], dtype=torch.float64, device=device)
+    """(P*S,) float64: what one device digit adds to the level, the sign of its polarity times its
+    slice's place value (hardware.slice_weights), G+ then G-."""
+    place = slice_weights(spec, device)
+    return torch.cat([place, -place])
 
 
 class Crossbars:

@@ -180,3 +180,35 @@ def test_trial_seeds_are_distinct_and_stable():
     assert len(seeds) == 200
     assert trial_seed(0, "a", 1) == trial_seed(0, "a", 1) != trial_seed(1, "a", 1)
     assert all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_admm_penalty_gradient_is_that_of_the_penalty(digits):
+    """One ADMM epoch (the penalty's gradient added after backward) moves the weights as training
+    with rho/2 ||W - Z + U||^2 added to the loss (autograd) does."""
+    from stages.admm import hard_project
+    from stages.models import gemm
+    from stages.projections import project
+    from stages.train import make_optimizer, train_one_epoch
+
+    model = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(32, 32), seed=0)
+    rules = {"fc1": LayerRule(filter=0.5, weight_bits=4), "fc2": LayerRule(shape=0.5, weight_bits=4)}
+    rho = 0.5   # large, so a wrong penalty gradient moves the weights visibly
+    admm, _, _ = admm_train(model, digits, rules, epochs=1, lr=0.05, optimizer="sgd", momentum=0.0,
+                            weight_decay=0.0, batch_size=64, rho=rho, rho_multiplier=1, rho_every=1, seed=3,
+                            final_rules={n: LayerRule() for n in rules})
+    reference = copy.deepcopy(model)
+    layers = crossbar_layers(reference)
+    with torch.no_grad():
+        Z = {n: project(gemm(layers[n].weight), r)[0].clone() for n, r in rules.items()}
+    penalty = lambda: rho / 2 * sum((gemm(layers[n].weight) - Z[n]).pow(2).sum() for n in rules)
+    train_one_epoch(reference, digits.x_train, digits.y_train,
+                    make_optimizer(reference.parameters(), name="sgd", lr=0.05, momentum=0.0),
+                    batch_size=64, generator=torch.Generator().manual_seed(3), extra_loss=penalty)
+    hard_project(reference, {n: LayerRule() for n in rules})
+    for name, param in reference.state_dict().items():
+        torch.testing.assert_close(admm.state_dict()[name], param, rtol=1e-5, atol=1e-6)
+    plain = copy.deepcopy(model)   # and without the penalty the weights differ: the test can fail
+    train_one_epoch(plain, digits.x_train, digits.y_train,
+                    make_optimizer(plain.parameters(), name="sgd", lr=0.05, momentum=0.0),
+                    batch_size=64, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(plain.fc1.weight, admm.fc1.weight, atol=1e-4)

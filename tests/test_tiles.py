@@ -8,7 +8,7 @@ from torch import nn
 from hardware import MappingSpec, levels_to_conductance, lognormal_variation, tile_slices
 from hardware.spec import SIGN_SCHEMES
 from stages.errors import StageError
-from stages.tiles import (bitline_currents, calibrate_adc_ranges, crossbar_matmul, uniform_quantize,
+from stages.tiles import (calibrate_adc_ranges, crossbar_matmul, uniform_quantize,
                           unfold_conv_input)
 
 XBAR = dict(xbar_rows=16, xbar_cols=8)
@@ -152,7 +152,7 @@ def test_calibrated_ranges_hold_every_partial_sum(x_min, x_max):
     corners = torch.tensor([x_min, x_max], dtype=torch.float64)[torch.randint(0, 2, (256, 37), generator=g)]
     x = torch.cat([x, corners, torch.full((1, 37), x_min), torch.full((1, 37), x_max)]).double()
     for t, (rows, cols) in enumerate(parts):
-        currents = bitline_currents(x[:, rows], G[:, :, cols, rows].double())   # (B, P, S, cols)
+        currents = torch.einsum("bi,psoi->bpso", x[:, rows], G[:, :, cols, rows].double())   # bitline currents
         lo, hi = ranges[t, :, :, 0], ranges[t, :, :, 1]                          # (P, S)
         slack = 1e-12 * (1 + hi.abs().max())
         assert torch.all(currents.amin(dim=(0, 3)) >= lo - slack)
