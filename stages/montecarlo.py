@@ -312,7 +312,7 @@ class _Trials:
                         for kind in self.plan}
         self.generators: list[torch.Generator] = []
         self.weights: dict[str, torch.Tensor] = {}
-        self.devices: dict[str, torch.Tensor] = {}
+        self.devices: dict[str, torch.Tensor] = {}   # each layer's programmed devices (T, P, S, out, in)
         self.crossbars: dict[str, Crossbars] = {}
         self.variance: dict[str, torch.Tensor] = {}
 
