@@ -15,6 +15,7 @@ seed, so one trial can be re-run alone and gives the same accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -101,11 +102,13 @@ def program(layer: MappedLayer, spec: MappingSpec, scenario: Scenario,
             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's devices after programming and drift: G (polarity, slices, kept_out, kept_in) in uS,
     and for the offset scheme the reference columns (1, slices, kept_out, kept_in), perturbed like the
-    others. One trial, drawn from `generator`: the reference the batched trials (_Trials) reproduce."""
-    g = perturb(ideal_conductance(layer, spec), spec, scenario, generator)
+    others. One trial, drawn from `generator` on its device: the reference the batched trials
+    (_Trials) reproduce."""
+    where = generator.device
+    g = perturb(ideal_conductance(layer, spec).to(where), spec, scenario, generator)
     if spec.sign_scheme != "offset":
         return g, None
-    ref = perturb(reference_columns(spec, g.shape[-2], g.shape[-1]), spec, scenario, generator)
+    ref = perturb(reference_columns(spec, g.shape[-2], g.shape[-1]).to(where), spec, scenario, generator)
     return g, per_output(ref, spec, g.shape[-2])
 
 
@@ -143,7 +146,8 @@ def perturb(g: torch.Tensor, spec: MappingSpec, scenario: Scenario, generator: t
 
 EVAL_SAMPLES = 128         # test samples per trial in one forward pass (default): the same for every batch
                            # size, so a trial's arithmetic (and accuracy) does not depend on the trials beside it
-DEVICE_BUDGET = 256 << 20  # bytes of device tensors (noise buffers, perturbed copies, read-back) per batch
+DEVICE_BUDGET = 256 << 20  # bytes of device tensors (noise buffers, perturbed copies, read-back) per batch, CPU
+GPU_MEMORY_SHARE = 0.25    # on CUDA: the share of the GPU's free memory a batch's device tensors may take
 
 
 def _in_order(idx: torch.Tensor) -> bool:
@@ -291,6 +295,18 @@ def _kept_channels_norm(norm: nn.Module, keep: torch.Tensor, x: torch.Tensor) ->
                         False, 0.0, norm.eps)
 
 
+@contextlib.contextmanager
+def _float32_convolutions():
+    """cuDNN convolutions in full float32 for a while (torch lets them use TF32 by default, whose
+    10-bit mantissa would add its own error to the simulated devices'); a no-op on the CPU."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 class _Trials:
     """Monte-Carlo trials of one scenario, several at a time: each trial programs every device of
     every kept crossbar block from its own generator (trial-major, layers in forward order: the
@@ -354,7 +370,7 @@ class _Trials:
         self.model.eval()
         correct = torch.zeros(trials, dtype=torch.long, device=self.device)
         step = self.eval_samples
-        with self:
+        with self, _float32_convolutions():
             for start in range(0, len(x), step):
                 xb = x[start:start + step].to(self.device)
                 logits = self.model(xb.repeat(trials, *([1] * (xb.dim() - 1))))
@@ -429,6 +445,16 @@ def input_ranges(model: nn.Module, mapped: MappedNetwork, spec: MappingSpec,
     return ranges
 
 
+def device_budget(device) -> int:
+    """Bytes a batch's device tensors may take: DEVICE_BUDGET on the CPU (cache-sized batches are
+    fastest there), GPU_MEMORY_SHARE of the free memory on CUDA (so big models still batch)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEVICE_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(DEVICE_BUDGET, int(free * GPU_MEMORY_SHARE))
+
+
 def trial_bytes(mapped: MappedNetwork, spec: MappingSpec) -> int:
     """Bytes one trial's device tensors take while it is programmed: per device, a float32 noise
     buffer per draw, the perturbed copy and the read-back temporaries (about 32 B, a bound)."""
@@ -443,12 +469,12 @@ def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, sc
     """Test accuracy of each trial, in the order of `seeds`.
 
     batch_trials trials are programmed and evaluated together (1: one at a
-    time; fewer where their devices would pass DEVICE_BUDGET), eval_samples
+    time; fewer where their devices would pass `device_budget`), eval_samples
     test samples per trial in each forward pass; a trial's accuracy does not
     depend on which others share its batch (for a given eval_samples).
     device: where devices are sampled and the network runs ("cuda" samples the
     noise on the GPU, from CUDA generators: the same seed gives other draws
-    than on the CPU). Tile simulation calibrates the DAC input range and the
+    than on the CPU; convolutions run in full float32, not TF32). Tile simulation calibrates the DAC input range and the
     ADC ranges on `calibration` inputs (training data; default: the first 256
     of x) through the ideal mapped model.
     """
@@ -463,7 +489,7 @@ def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, sc
     ranges = None
     if scenario.simulate_tiles:
         ranges = input_ranges(model, mapped, spec, (calibration if calibration is not None else x[:256]).to(device))
-    capacity = max(1, min(batch_trials, len(seeds), DEVICE_BUDGET // trial_bytes(mapped, spec)))
+    capacity = max(1, min(batch_trials, len(seeds), device_budget(device) // trial_bytes(mapped, spec)))
     trials = _Trials(model, mapped, spec, scenario, ranges, device, capacity, eval_samples)
     x, y = x.to(device), y.to(device)   # resident for every batch of trials
     accuracies = []
