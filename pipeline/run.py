@@ -161,6 +161,19 @@ def check_address(address: str | None) -> None:
                         "`ray start --head` or `ray up cluster.yaml`, or leave --address out to run locally") from None
 
 
+# What the local Ray's worker processes import before they take work: the stage tasks' module and
+# the ADMM search's (Ray Tune). Workers start with Ray, so this overlaps the driver's own start-up.
+WORKER_PRELOAD = ("pipeline.run", "pipeline.tuning")
+
+
+def local_ray_system_config(num_cpus: int | None) -> dict:
+    """Ray settings for the local single-node cluster a run starts: workers preload WORKER_PRELOAD,
+    and up to two idle workers per CPU stay alive, so those that ran the stages before the Tune
+    search (whose trial actors take processes of their own) still run the stages after it."""
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"preload_python_modules": list(WORKER_PRELOAD), "num_workers_soft_limit": 2 * cpus}
+
+
 def connect(cfg: Config, address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a local single-node Ray."""
     if ray.is_initialized():
@@ -170,7 +183,7 @@ def connect(cfg: Config, address: str | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, _system_config=local_ray_system_config(cfg.resources.num_cpus))
 
 
 class Recorder:

@@ -223,3 +223,22 @@ def test_an_fsspec_memory_root_holds_every_table(ray_session):
     for table in TABLES:
         frame = pd.read_parquet(f"memory://memadmm-test/tables/{table}")
         assert len(frame) > 0 and set(frame["run_id"].astype(str)) == {"mem"}
+
+
+def test_a_local_ray_started_by_a_run_preloads_the_stage_modules_in_its_workers():
+    """connect() starts the local cluster with pipeline.run.local_ray_system_config: a worker has
+    imported the stage and Tune modules before its first task (which imports neither)."""
+    import subprocess
+    import sys
+    script = (
+        "import os, sys, ray\n"
+        "os.environ.update(RAY_AUTH_MODE='disabled', RAY_USAGE_STATS_ENABLED='0')\n"
+        "from pipeline.config import load_config\n"
+        "from pipeline.run import WORKER_PRELOAD, connect\n"
+        "connect(load_config('quick', ['resources.num_cpus=1']), None)\n"
+        "loaded = ray.get(ray.remote(lambda: sorted(m for m in WORKER_PRELOAD if m in sys.modules)).remote())\n"
+        "print(loaded == sorted(WORKER_PRELOAD), ray.cluster_resources()['CPU'])\n"
+        "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["True", "1.0"], done.stderr[-2000:]
