@@ -26,7 +26,7 @@ from stages.admm import admm_train
 from stages.data import DataSplits
 from stages.mapping import map_network
 from stages.montecarlo import Scenario, run_trials, trial_seed
-from stages.train import Runtime, evaluate, make_optimizer, train_one_epoch
+from stages.train import Runtime, evaluate, keep_freed_memory, make_optimizer, train_one_epoch
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible; run it on a machine with a GPU", file=sys.stderr)
         return 2
+    keep_freed_memory()   # as stage workers run
     card = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     cfg = load_config("vgg16-cifar10", [])
     g = torch.Generator().manual_seed(0)

@@ -45,7 +45,7 @@ from pipeline.run import montecarlo_task, package_versions, run_pipeline  # noqa
 from stages.admm import admm_train  # noqa: E402
 from stages.mapping import MappedNetwork  # noqa: E402
 from stages.montecarlo import EVAL_SAMPLES, Scenario, run_trials, trial_seed  # noqa: E402
-from stages.train import evaluate, make_optimizer, train_one_epoch  # noqa: E402
+from stages.train import evaluate, keep_freed_memory, make_optimizer, train_one_epoch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STAGE_TASKS = ("pretrain_task", "map_task", "retrain_task", "magnitude_task", "montecarlo_task")
@@ -278,6 +278,8 @@ def write_results(path: Path, info: dict, quick: dict, mc: dict, fan: dict, admm
         "## Machine", "",
         f"- CPU: {info['cpu']}, {info['cores']} cores; torch threads: 1 in every benchmark below "
         "except the end-to-end run (Ray sets one per CPU of each task)",
+        "- glibc malloc as in every stage worker (`stages.train.keep_freed_memory`): tensors up to "
+        "32 MiB come from the heap, and up to 256 MiB freed there is kept for reuse",
         f"- {info['platform']}",
         "- " + ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("cpu", "cores", "platform", "torch_threads")),
         "", "## Targets (issue 6)", "",
@@ -358,6 +360,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     info = machine()
+    keep_freed_memory()   # this process measures what stage workers run: the same allocator settings
     root = tempfile.mkdtemp(prefix="memadmm-bench-")
     print("1/5 quick preset end to end ...", file=sys.stderr)
     quick = bench_quick_preset(root)

@@ -24,7 +24,7 @@ from stages.montecarlo import Scenario, run_trials, trial_seed
 from stages.progressive import progressive_map
 from stages.projections import STRUCTURES, LayerRule
 from stages.retrain import retrain
-from stages.train import EpochCallback, Runtime, evaluate, pretrain, resolve_device, set_torch_threads
+from stages.train import EpochCallback, Runtime, evaluate, prepare_worker, pretrain, resolve_device
 
 IMAGE_MODELS = ("convnet", "lenet5", "vgg16", "resnet18")
 
@@ -186,7 +186,7 @@ def score(val_accuracy: float, compression: float, target: float) -> float:
 def run_pretrain(cfg: Config, data: DataSplits, on_epoch_end: EpochCallback = None, *,
                  model: nn.Module | None = None):
     """-> (state_dict, accuracy rows)."""
-    set_torch_threads()
+    prepare_worker()
     template = template_for(cfg, data, model)
     p = cfg.pretrain
     state, _ = pretrain(template, data, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
@@ -211,7 +211,7 @@ def run_admm(cfg: Config, data: DataSplits, state: dict, *, rho: float,
     method "admm": ADMM from the pretrained weights; "magnitude": the one-shot projection of
     the pretrained weights onto the same sets (L2 norms of the same structures).
     """
-    set_torch_threads()
+    prepare_worker()
     template = template_for(cfg, data, model)
     template.load_state_dict(state)
     rules = rules_for(cfg, template, ratios)
@@ -276,7 +276,7 @@ def run_retrain(cfg: Config, data: DataSplits, mapped: MappedNetwork, *, method:
                 model: nn.Module | None = None):
     """-> (retrained MappedNetwork, accuracy rows). The magnitude method retrains for
     admm.epochs + retrain.epochs epochs: the same budget ADMM spends after pretraining."""
-    set_torch_threads()
+    prepare_worker()
     template = template_for(cfg, data, model)
     r = cfg.retrain
     epochs = r.epochs + (cfg.admm.epochs if (method or cfg.admm.method) == "magnitude" else 0)
@@ -303,7 +303,7 @@ def run_magnitude_baseline(cfg: Config, data: DataSplits, state: dict, ratios: d
 def run_montecarlo_chunk(cfg: Config, data: DataSplits, mapped: MappedNetwork, scenario: Scenario,
                          trials: list[int], *, model: nn.Module | None = None) -> list[dict]:
     """`montecarlo` rows for some trials of one scenario, on the test split."""
-    set_torch_threads()
+    prepare_worker()
     device = resolve_device(cfg.resources.gpus_per_task)
     seeds = [trial_seed(cfg.seed, scenario.scenario_id, t) for t in trials]
     accuracies = run_trials(template_for(cfg, data, model), mapped, spec_for(cfg), scenario, seeds,

@@ -102,12 +102,16 @@ class LayerGraph:
         output joins a residual addition, a concatenation, a reshape or the model's
         output is excluded from filter pruning: removing its channels would change
         the joined tensor, not just drop dead ones. Shape pruning works everywhere.
+    input_consumers: the crossbar layers the model's input reaches through those
+        per-sample ops only, or () where it reaches anything else too (a residual
+        addition, the output): what sees the input itself, not a crossbar's output.
     """
 
     order: tuple[str, ...]
     consumers: dict[str, tuple[str, ...]]
     norms: dict[str, tuple[str, ...]]
     filter_prunable: frozenset[str]
+    input_consumers: tuple[str, ...] = ()
 
     def cascade_pairs(self) -> list[tuple[str, str]]:
         return [(p, c) for p in self.order if p in self.filter_prunable for c in self.consumers[p]]
@@ -126,13 +130,13 @@ def layer_graph(model: nn.Module) -> LayerGraph:
     modules = dict(traced.named_modules())
     order = tuple(n.target for n in traced.graph.nodes
                   if n.op == "call_module" and n.target in layers)
-    consumers, norms, prunable = {}, {}, set()
-    for node in traced.graph.nodes:
-        if node.op != "call_module" or node.target not in layers:
-            continue
-        found, bns, blocked = [], [], False
+
+    def reach(node: fx.Node) -> tuple[list[str], list[str], bool]:
+        """The crossbar layers and BatchNorms node's output reaches through preserving ops,
+        and whether it reaches anything else (blocked)."""
+        found, bns = [], []
         frontier = list(node.users)
-        while frontier and not blocked:
+        while frontier:
             user = frontier.pop()
             if user.op == "call_module" and user.target in layers:
                 found.append(user.target)
@@ -142,14 +146,22 @@ def layer_graph(model: nn.Module) -> LayerGraph:
                     bns.append(user.target)
             elif not (user.op == "call_function" and user.target in _PRESERVING_FUNCTIONS
                       or user.op == "call_method" and user.target in _PRESERVING_METHODS):
-                blocked = True
-                break
+                return found, bns, True
             frontier.extend(user.users)
+        return found, bns, False
+
+    consumers, norms, prunable = {}, {}, set()
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or node.target not in layers:
+            continue
+        found, bns, blocked = reach(node)
         consumers[node.target] = () if blocked else tuple(dict.fromkeys(found))
         norms[node.target] = () if blocked else tuple(dict.fromkeys(bns))
         if not blocked and found:
             prunable.add(node.target)
-    return LayerGraph(order, consumers, norms, frozenset(prunable))
+    inputs = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    found, _, blocked = reach(inputs[0]) if len(inputs) == 1 else ([], [], True)
+    return LayerGraph(order, consumers, norms, frozenset(prunable), () if blocked else tuple(dict.fromkeys(found)))
 
 
 def zero_pruned_channels(model: nn.Module, keep_out: dict[str, torch.Tensor], graph: LayerGraph) -> None:

@@ -39,7 +39,7 @@ from hardware import (
 )
 from stages.errors import StageError
 from stages.mapping import MappedLayer, MappedNetwork
-from stages.models import crossbar_layers, input_channel_groups, layer_graph
+from stages.models import LayerGraph, crossbar_layers, input_channel_groups, layer_graph
 from stages.projections import weights_from_levels
 from stages.tiles import Crossbars, calibrate_adc_ranges, unfold_conv_input
 
@@ -190,6 +190,7 @@ class _Layer:
             self.width = int(channels.sum()) * taps
         self.kept_bias = module.bias.detach()[self.out_idx] if module.bias is not None else None
         self.compact_out = False
+        self.whole_out = bool(layer.keep_out.all())   # every filter kept: nothing to scatter
         self.g = ideal_conductance(layer, spec).to(device)
         self.ref = None
         if spec.sign_scheme == "offset":
@@ -244,7 +245,7 @@ class _Layer:
         """The module's output from its kept outputs along `dim` (the channel axis): the bias
         everywhere, plus the kept outputs at the kept filters' places."""
         m, shape = self.module, list(y_kept.shape)
-        if self.compact_out:
+        if self.compact_out or self.whole_out:
             if m.bias is None:
                 return y_kept
             view = [1] * len(shape)
@@ -259,7 +260,8 @@ class _Layer:
                 .index_copy_(dim, self.out_idx, y_kept + self.kept_bias.view(view)))
 
 
-def _compaction(model: nn.Module, mapped: MappedNetwork, layers: dict[str, _Layer]) -> dict[nn.Module, torch.Tensor]:
+def _compaction(model: nn.Module, mapped: MappedNetwork, layers: dict[str, _Layer],
+                graph: LayerGraph) -> dict[nn.Module, torch.Tensor]:
     """Let pruned filters' outputs go uncomputed where nothing reads them.
 
     A layer's output stays compact (kept channels only) when the layer graph
@@ -269,7 +271,6 @@ def _compaction(model: nn.Module, mapped: MappedNetwork, layers: dict[str, _Laye
     gather from the compact tensor, and the BatchNorms on the way keep their
     kept channels' parameters. Returns those BatchNorms and their kept channels.
     """
-    graph = layer_graph(model)
     modules = dict(model.named_modules())
     norms = {}
     for producer in graph.filter_prunable:
@@ -286,6 +287,20 @@ def _compaction(model: nn.Module, mapped: MappedNetwork, layers: dict[str, _Laye
             layers[c].fed_compact(keep)
         norms.update({modules[n]: keep.nonzero().squeeze(1) for n in graph.norms[producer]})
     return norms
+
+
+def _trial_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Each trial's inputs times its weights transposed: (T, B, in), (T, out, in) -> (T, B, out).
+    For one output torch.bmm takes another kernel (a matrix-vector product) for one trial than
+    for several, which can round differently; that case computes a zero second output and drops it."""
+    if w.shape[-2] == 1:
+        return torch.bmm(x, F.pad(w, (0, 0, 0, 1)).transpose(1, 2))[..., :1]
+    return torch.bmm(x, w.transpose(1, 2))
+
+
+def _per_trial(x: torch.Tensor, trials: int) -> torch.Tensor:
+    """x repeated once per trial on the batch axis."""
+    return x.repeat(trials, *([1] * (x.dim() - 1)))
 
 
 def _kept_channels_norm(norm: nn.Module, keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -312,7 +327,9 @@ class _Trials:
     every kept crossbar block from its own generator (trial-major, layers in forward order: the
     same draws whether it runs alone or with others), into preallocated buffers; the perturbation,
     read-back and forward pass then run for all of them at once, the trials stacked on the batch
-    axis of the non-crossbar layers and batched through each crossbar layer."""
+    axis of the non-crossbar layers and batched through each crossbar layer. Where the layer graph
+    shows the test inputs reach crossbar layers through per-sample ops only, they go in once, not
+    once per trial, and those layers broadcast them over the trials."""
 
     def __init__(self, model: nn.Module, mapped: MappedNetwork, spec: MappingSpec, scenario: Scenario,
                  ranges: dict | None, device, capacity: int, eval_samples: int = EVAL_SAMPLES):
@@ -321,7 +338,10 @@ class _Trials:
         self.device, self.capacity = torch.device(device), capacity
         modules = crossbar_layers(model)
         self.layers = {name: _Layer(modules[name], layer, spec, self.device) for name, layer in mapped.layers.items()}
-        self.norms = _compaction(model, mapped, self.layers)
+        graph = layer_graph(model)
+        self.norms = _compaction(model, mapped, self.layers, graph)
+        self.input_layers = frozenset(graph.input_consumers)
+        self.rows = 0   # test samples in the forward pass under way, when its input is shared
         self.plan = draw_plan(scenario)
         self.buffers = {(name, tensor, kind): torch.empty(capacity, *shape, device=self.device)
                         for name, layer in self.layers.items() for tensor, shape in layer.shapes()
@@ -373,7 +393,8 @@ class _Trials:
         with self, _float32_convolutions():
             for start in range(0, len(x), step):
                 xb = x[start:start + step].to(self.device)
-                logits = self.model(xb.repeat(trials, *([1] * (xb.dim() - 1))))
+                self.rows = len(xb) if self.input_layers else 0
+                logits = self.model(xb if self.rows else _per_trial(xb, trials))
                 predicted = logits.reshape(trials, len(xb), -1).argmax(-1)
                 correct += (predicted == y[start:start + step].to(self.device)).sum(1)
         return [c / len(x) for c in correct.tolist()]
@@ -392,15 +413,22 @@ class _Trials:
     def _forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The layer's output for every trial: x and the result stack the trials on the batch axis."""
         layer, s, trials = self.layers[name], self.scenario, len(self.generators)
+        shared = name in self.input_layers and len(x) == self.rows   # the test inputs themselves
+        if shared and (layer.conv or s.simulate_tiles or s.read_noise > 0):
+            x, shared = _per_trial(x, trials), False
+        if shared:   # every trial's weights times the same inputs: a broadcast, not a copy per trial
+            y = _trial_gemm(layer.gemm_input(x, 1)[0].expand(trials, -1, -1), self.weights[name])
+            y = layer.scatter(y, dim=-1)
+            return y.reshape(-1, y.shape[-1])
         if s.simulate_tiles or not layer.conv:   # one GEMM per trial on the kept rows and columns
             x_kept, fold = layer.gemm_input(x, trials)
             if s.simulate_tiles:
                 lo, hi, _ = self.ranges[name]
                 y = self.crossbars[name].read(x_kept, dac_bits=s.dac_bits or None, x_range=(lo, hi))
             else:
-                y = torch.bmm(x_kept, self.weights[name].transpose(1, 2))
+                y = _trial_gemm(x_kept, self.weights[name])
             if s.read_noise > 0:
-                spread = torch.bmm(x_kept * x_kept, self.variance[name].transpose(1, 2))
+                spread = _trial_gemm(x_kept * x_kept, self.variance[name])
                 y = y + spread.clamp_min(0).sqrt() * self._normal(name, y.shape)
             if fold is None:
                 y = layer.scatter(y, dim=-1)

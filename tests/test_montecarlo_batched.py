@@ -15,6 +15,7 @@ from stages.mapping import map_network
 from stages.models import build_model
 from stages.montecarlo import (
     Scenario,
+    _trial_gemm,
     _Trials,
     input_ranges,
     program,
@@ -167,3 +168,17 @@ def test_compact_activations_change_nothing(monkeypatch, scenario):
     assert run() == compact
     if scenario.scenario_id == "ideal":
         assert compact == [evaluate(mapped.load_into(template), data.x_test, data.y_test)] * 4
+
+
+@pytest.mark.parametrize("rows, inputs, outputs", [(128, 64, 1), (104, 51, 1), (7, 300, 1), (128, 51, 38)])
+def test_a_trial_gemm_does_not_depend_on_the_batch(rows, inputs, outputs):
+    """Bit for bit, a trial's layer output is the same among 50 trials as alone, also for a layer
+    that keeps one output (where a plain torch.bmm rounds differently for one trial than for many)."""
+    g = torch.Generator().manual_seed(rows + inputs)
+    x, w = torch.randn(50, rows, inputs, generator=g), torch.randn(50, outputs, inputs, generator=g)
+    together = _trial_gemm(x, w)
+    assert together.shape == (50, rows, outputs)
+    shared = _trial_gemm(x[:1].expand(50, -1, -1), w)   # the test inputs broadcast over the trials
+    for t in (0, 17, 49):
+        assert torch.equal(together[t], _trial_gemm(x[t:t + 1], w[t:t + 1])[0])
+        assert torch.equal(shared[t], _trial_gemm(x[:1], w[t:t + 1])[0])

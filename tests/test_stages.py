@@ -1,6 +1,7 @@
 """Stages without Ray: data, models, cascade, ADMM, mapping, retraining, Monte Carlo."""
 
 import copy
+import platform
 
 import pytest
 import torch
@@ -60,6 +61,28 @@ def test_cascade_pairs_follow_the_graph():
     bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     assert layer_graph(bn).cascade_pairs() == [("0", "2")]
     assert layer_graph(bn).norms["0"] == ("1",)
+
+
+class InputSkip(torch.nn.Module):
+    """The input feeds a crossbar layer and, as a skip, the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) + x
+
+
+def test_the_graph_names_the_layers_the_input_reaches_alone():
+    """What Monte Carlo may feed the test inputs once for every trial: the input reaches these
+    crossbar layers through per-sample ops and nothing else."""
+    mlp = build_model("mlp", input_shape=(64,), num_classes=10, hidden=(32, 16))
+    assert layer_graph(mlp).input_consumers == ("fc1",)                   # through a Flatten
+    assert layer_graph(ResidualNet()).input_consumers == ("stem",)
+    bn = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert layer_graph(bn).input_consumers == ("2",)
+    assert layer_graph(InputSkip()).input_consumers == ()                # the skip sees the input too
 
 
 def test_layers_joining_a_residual_sum_are_not_filter_prunable():
@@ -212,3 +235,31 @@ def test_admm_penalty_gradient_is_that_of_the_penalty(digits):
                     make_optimizer(plain.parameters(), name="sgd", lr=0.05, momentum=0.0),
                     batch_size=64, generator=torch.Generator().manual_seed(3))
     assert not torch.allclose(plain.fc1.weight, admm.fc1.weight, atol=1e-4)
+
+
+_MMAPPED_CHUNKS = """
+import ctypes, sys, torch
+from stages.train import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                                "fordblks keepcost").split()]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = mallinfo2().hblks
+x = torch.empty(3 << 20, dtype=torch.uint8)   # a Monte-Carlo-sized temporary
+print(mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+@pytest.mark.parametrize("setting, mapped", [("default", 1), ("keep", 0)])
+def test_stage_workers_take_tensors_of_a_few_mib_from_the_heap(setting, mapped):
+    """By default glibc maps a 3 MiB tensor from the kernel (fresh pages, faulted in and zeroed on
+    every allocation); after keep_freed_memory it comes from the heap (a fresh process each)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _MMAPPED_CHUNKS, setting], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.stdout.split() == [str(mapped)], done.stderr[-2000:]
