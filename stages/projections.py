@@ -120,21 +120,21 @@ def quantize(w: torch.Tensor, mask: torch.Tensor, weight_bits: int,
     the returned alpha is always the least-squares scale of the returned n.
     """
     max_level = 2 ** (weight_bits - 1) - 1
-    kept = w[mask].double()
-    levels = torch.zeros(w.shape, dtype=torch.int32, device=w.device)
-    top = kept.abs().max() if kept.numel() else torch.tensor(0.0)
+    where = mask.reshape(-1).nonzero().squeeze(1)   # kept entries, row-major (as w[mask]), found once
+    kept = w.reshape(-1).index_select(0, where).double()
+    levels = torch.zeros(w.numel(), dtype=torch.int32, device=w.device)
+    top = float(kept.abs().max()) if kept.numel() else 0.0
     if top == 0:
-        return levels, 1.0
+        return levels.view(w.shape), 1.0
     alpha = top / max_level
-    n = None
+    n = torch.empty_like(kept)
     for _ in range(iterations):
-        n_next = (kept / alpha).round_().clamp_(-max_level, max_level)
-        if n is not None and torch.equal(n_next, n):
+        torch.div(kept, alpha, out=n).round_().clamp_(-max_level, max_level)
+        previous = alpha
+        alpha = float(torch.dot(kept, n)) / float(torch.dot(n, n))   # least squares for these levels
+        if alpha == previous:   # the next n would be this one: a fixed point, found without comparing n
             break
-        n = n_next
-        alpha = (kept @ n) / (n @ n)   # least squares for these levels: always the returned pair
-    levels[mask] = n.to(torch.int32)
-    return levels, float(alpha)
+    return levels.index_copy_(0, where, n.to(torch.int32)).view(w.shape), alpha
 
 
 def weights_from_levels(levels: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -61,6 +61,41 @@ def test_quantization_lands_on_levels(bits):
     assert err(alpha) <= err(alpha * 1.01) and err(alpha) <= err(alpha * 0.99)
 
 
+def _quantize_comparing_levels(w, mask, weight_bits, iterations=20):
+    """The alternation as first written: it stops when n repeats, comparing whole level tensors."""
+    max_level = 2 ** (weight_bits - 1) - 1
+    kept = w[mask].double()
+    levels = torch.zeros(w.shape, dtype=torch.int32)
+    top = kept.abs().max() if kept.numel() else torch.tensor(0.0)
+    if top == 0:
+        return levels, 1.0
+    alpha, n = top / max_level, None
+    for _ in range(iterations):
+        n_next = (kept / alpha).round_().clamp_(-max_level, max_level)
+        if n is not None and torch.equal(n_next, n):
+            break
+        n = n_next
+        alpha = (kept @ n) / (n @ n)
+    levels[mask] = n.to(torch.int32)
+    return levels, float(alpha)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_quantization_stops_where_comparing_the_levels_stops_and_gives_the_same_bits(case):
+    """quantize stops when alpha repeats (the next n is then the same), not by comparing n: the
+    same levels and the same alpha, bit for bit, whether it converges early, late or never."""
+    g = torch.Generator().manual_seed(case)
+    bits = (2, 3, 4, 8)[case % 4]
+    w = torch.randn(24 + case, 17, generator=g) * (0.1 + case)
+    if case % 3 == 0:   # nearly on levels already, as late in ADMM: converges in an iteration or two
+        w = (w / w.abs().max() * 7).round() * 0.05 + 1e-4 * torch.randn(w.shape, generator=g)
+    mask = torch.rand(w.shape, generator=g) < (0.2 + 0.02 * case)
+    for iterations in (1, 3, 20, 60):
+        levels, alpha = quantize(w, mask, bits, iterations)
+        expected_levels, expected_alpha = _quantize_comparing_levels(w, mask, bits, iterations)
+        assert torch.equal(levels, expected_levels) and alpha == expected_alpha
+
+
 def test_pruned_zeros_stay_out_of_the_scale_fit():
     w = gaussian()
     mask = prune_mask(w, LayerRule(filter=0.5))
