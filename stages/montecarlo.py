@@ -414,14 +414,13 @@ class _Trials:
         """The layer's output for every trial: x and the result stack the trials on the batch axis."""
         layer, s, trials = self.layers[name], self.scenario, len(self.generators)
         shared = name in self.input_layers and len(x) == self.rows   # the test inputs themselves
-        if shared and (layer.conv or s.simulate_tiles or s.read_noise > 0):
+        if shared and layer.conv:   # a conv over the trials' stacked inputs needs them per trial
             x, shared = _per_trial(x, trials), False
-        if shared:   # every trial's weights times the same inputs: a broadcast, not a copy per trial
-            y = _trial_gemm(layer.gemm_input(x, 1)[0].expand(trials, -1, -1), self.weights[name])
-            y = layer.scatter(y, dim=-1)
-            return y.reshape(-1, y.shape[-1])
         if s.simulate_tiles or not layer.conv:   # one GEMM per trial on the kept rows and columns
-            x_kept, fold = layer.gemm_input(x, trials)
+            if shared:   # every trial's weights times the same inputs: a broadcast, not a copy per trial
+                x_kept, fold = layer.gemm_input(x, 1)[0].expand(trials, -1, -1), None
+            else:
+                x_kept, fold = layer.gemm_input(x, trials)
             if s.simulate_tiles:
                 lo, hi, _ = self.ranges[name]
                 y = self.crossbars[name].read(x_kept, dac_bits=s.dac_bits or None, x_range=(lo, hi))
@@ -502,9 +501,10 @@ def run_trials(template: nn.Module, mapped: MappedNetwork, spec: MappingSpec, sc
     depend on which others share its batch (for a given eval_samples).
     device: where devices are sampled and the network runs ("cuda" samples the
     noise on the GPU, from CUDA generators: the same seed gives other draws
-    than on the CPU; convolutions run in full float32, not TF32). Tile simulation calibrates the DAC input range and the
-    ADC ranges on `calibration` inputs (training data; default: the first 256
-    of x) through the ideal mapped model.
+    than on the CPU; convolutions run in full float32, not TF32). Tile
+    simulation calibrates the DAC input range and the ADC ranges on
+    `calibration` inputs (training data; default: the first 256 of x) through
+    the ideal mapped model.
     """
     for name, value in (("batch_trials", batch_trials), ("eval_samples", eval_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

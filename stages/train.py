@@ -58,8 +58,8 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
     """Have glibc serve CPU tensors up to `mmap_threshold` bytes from its heap and keep up to
     `trim_threshold` bytes freed there, instead of mapping fresh zeroed pages from the kernel
     for every temporary of a few MiB (Monte Carlo's batched device tensors: measured 4-6x
-    slower element-wise ops). The memory is reused, not returned to the system until the
-    process ends. Returns False where the C library has no mallopt (not glibc)."""
+    slower element-wise ops). Freed memory beyond `trim_threshold` still goes back to the
+    system. Returns False where the C library has no mallopt (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
