@@ -134,6 +134,29 @@ def test_manifest_and_query(run):
     assert len(rows) == 4 and all(r["sigma"] == 0.2 for r in rows)
 
 
+def test_the_trials_keep_tunes_csv_and_json_logs_but_no_tensorboard_files(run):
+    root, _ = run
+    trials = glob.glob(f"{root}/runs/tiny/tune/admm-tiny/*/")
+    assert trials, os.listdir(f"{root}/runs/tiny/tune")
+    for folder in trials:
+        files = os.listdir(folder)
+        assert {"progress.csv", "result.json"} <= set(files), files
+        assert not [f for f in files if f.startswith("events.out.tfevents")], files
+
+
+def test_the_tensorboard_switch_is_set_while_tune_starts_and_restored_after(monkeypatch):
+    from pipeline.tuning import _no_tensorboard_logger
+    name = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    for before in (None, "0"):
+        if before is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, before)
+        with _no_tensorboard_logger():
+            assert os.environ[name] == "1"
+        assert os.environ.get(name) == before
+
+
 def test_user_errors_exit_2_without_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["run", "--set", "mapping.weight_bits=0"])
