@@ -36,4 +36,14 @@ def test_stage_compute_is_task_execution_and_each_trial_from_first_train_to_last
         event("task:execute", "w2", 20, 1),                  # tables: outside stage compute
     ]
     spans = sorted(bench.stage_compute_spans(events))
-    assert spans == [pytest.approx((10.5, 12.9)), pytest.approx((15, 17.05)), pytest.approx((18, 18.1))]
+    assert [s[:2] for s in spans] == [pytest.approx((10.5, 12.9)), pytest.approx((15, 17.05)),
+                                      pytest.approx((18, 18.1))]
+    assert [s[2] for s in spans] == ["stage", "trial", "trial"]
+
+
+def test_the_time_outside_stage_compute_is_split_by_where_it_falls():
+    spans = [(5, 8, "stage"), (10, 12, "trial"), (11, 13, "trial"), (13.5, 15, "stage"), (16, 17, "stage")]
+    parts = bench.outside_parts(spans, started=0, ray_started=1, ray_ready=3, ended=20)
+    assert parts == pytest.approx({"before_ray": 1, "ray_start": 2, "to_first_stage": 2, "tune_start": 2,
+                                   "between_stages": 1.5, "after_last_stage": 3})
+    assert sum(parts.values()) + bench._union_seconds(spans) == pytest.approx(20)
