@@ -118,9 +118,8 @@ def outside_parts(spans, started: float, ray_started: float, ray_ready: float, e
     loading and checks come before Ray's start)."""
     merged = _merged(spans)
     first_trial = min((a for a, _, kind in spans if kind == "trial"), default=None)
-    parts = {"before_ray": ray_started - started, "ray_start": ray_ready - ray_started, "to_first_stage": 0.0,
-             "tune_start": 0.0,
-             "between_stages": 0.0, "after_last_stage": 0.0}
+    parts = {**dict.fromkeys(OUTSIDE_PARTS, 0.0),
+             "before_ray": ray_started - started, "ray_start": ray_ready - ray_started}
     edges = [started, *[t for interval in merged for t in interval], ended]
     for gap_start, gap_end in zip(edges[::2], edges[1::2]):
         if gap_start == started:

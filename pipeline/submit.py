@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from pipeline.environ import environment
 from pipeline.errors import UserError, run_options, user_errors
 
 CONFIG_ENV = "MEMADMM_CONFIG_YAML"
@@ -154,16 +155,6 @@ def runtime_env(cfg, working_dir: bool) -> dict:
 # ---- the cluster -------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _explicit_address():
-    """JobSubmissionClient lets RAY_ADDRESS / RAY_API_SERVER_ADDRESS override its address: not here."""
-    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def _quiet_ray_upload():
     """Ray logs each file it leaves out of the upload at INFO, and that .git is left out: keep warnings only."""
     names = {"ray": logging.WARNING, "ray._private.runtime_env.working_dir": logging.ERROR}
@@ -190,7 +181,8 @@ def connect(url: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        with _explicit_address():
+        # JobSubmissionClient lets RAY_ADDRESS / RAY_API_SERVER_ADDRESS override its address: not here
+        with environment(RAY_ADDRESS=None, RAY_API_SERVER_ADDRESS=None):
             return JobSubmissionClient(url)
     except Exception as exc:  # ConnectionError, version or authentication errors, HTTP errors
         raise UserError(f"--address: the Ray Jobs API at {url} refused the connection: {exc}") from None

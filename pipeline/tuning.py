@@ -17,7 +17,6 @@ progress) a Tune callback puts each trial's results, completion and error into i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 
@@ -29,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from pipeline.config import Config
+from pipeline.environ import environment
 from pipeline.steps import (
     admm_iterations,
     default_ratios,
@@ -99,24 +99,6 @@ class _TrialEventsCallback(tune.Callback):
         self.sent = []
 
 
-@contextlib.contextmanager
-def _no_tensorboard_logger():
-    """Tune adds its CSV, JSON and TensorBoard trial loggers unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS
-    is 1. The TensorBoard one imports tensorboardX and with it boto3 in the search task (1.5-2.2 s
-    of imports here, 6 s from a cold disk cache) for files nothing reads: run_search passes the
-    CSV and JSON loggers itself, so the trials' progress.csv and result.json are still written,
-    and sets the variable while Tune starts."""
-    name, before = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    os.environ[name] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, name: str, model=None,
                events=None):
     """Run the Tuner; returns (projected state, masks, tune rows, chosen trial's ratios).
@@ -141,7 +123,10 @@ def run_search(cfg: Config, data: DataSplits, state: dict, storage_path: str, na
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
                                              *([_TrialEventsCallback(events)] if events is not None else [])]))
-    with _no_tensorboard_logger():
+    # Tune adds CSV, JSON and TensorBoard trial loggers unless this variable is 1. The TensorBoard one
+    # imports tensorboardX and with it boto3 in this task (1.5-2.2 s here, 6 s from a cold disk cache)
+    # for files nothing reads; the CSV and JSON ones are passed above, so progress.csv and result.json stay.
+    with environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         grid = tuner.fit()
     finished = [r for r in grid if r.error is None and r.checkpoint is not None
                 and r.metrics.get("training_iteration") == iterations]

@@ -144,17 +144,16 @@ def test_the_trials_keep_tunes_csv_and_json_logs_but_no_tensorboard_files(run):
         assert not [f for f in files if f.startswith("events.out.tfevents")], files
 
 
-def test_the_tensorboard_switch_is_set_while_tune_starts_and_restored_after(monkeypatch):
-    from pipeline.tuning import _no_tensorboard_logger
-    name = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    for before in (None, "0"):
-        if before is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, before)
-        with _no_tensorboard_logger():
-            assert os.environ[name] == "1"
-        assert os.environ.get(name) == before
+def test_environment_sets_and_unsets_variables_inside_the_block_only(monkeypatch):
+    from pipeline.environ import environment
+    monkeypatch.setenv("MEMADMM_T_SET", "before")
+    monkeypatch.setenv("MEMADMM_T_UNSET", "kept")
+    monkeypatch.delenv("MEMADMM_T_NEW", raising=False)
+    with environment(MEMADMM_T_SET="1", MEMADMM_T_UNSET=None, MEMADMM_T_NEW="x"):
+        assert os.environ["MEMADMM_T_SET"] == "1" and os.environ["MEMADMM_T_NEW"] == "x"
+        assert "MEMADMM_T_UNSET" not in os.environ
+    assert os.environ["MEMADMM_T_SET"] == "before" and os.environ["MEMADMM_T_UNSET"] == "kept"
+    assert "MEMADMM_T_NEW" not in os.environ
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path):
